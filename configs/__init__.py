@@ -1,0 +1,21 @@
+"""Model configs: the schema, the YAML loader, and the registry of chat-model clients."""
+
+from modelyard.configs.loader import (
+    load_config,
+    load_config_text,
+    packaged_configs,
+    resolve_config_path,
+)
+from modelyard.configs.registry import ModelRegistry
+from modelyard.configs.schema import GenerationOptions, ModelConfig, ModelyardConfig
+
+__all__ = [
+    "GenerationOptions",
+    "ModelConfig",
+    "ModelRegistry",
+    "ModelyardConfig",
+    "load_config",
+    "load_config_text",
+    "packaged_configs",
+    "resolve_config_path",
+]

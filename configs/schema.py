@@ -1,0 +1,387 @@
+"""The pydantic schema every model config is checked against."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from modelyard.state import TaskType
+
+#: Providers with a client of their own here; everything else goes through init_chat_model.
+OPENAI_COMPATIBLE = {
+    "lmstudio": "http://localhost:1234/v1",
+    "vllm": "http://localhost:8000/v1",
+    "llamacpp": "http://localhost:8080/v1",
+    "openai_compatible": None,
+}
+INIT_CHAT_MODEL_PROVIDERS = frozenset(
+    {
+        "anthropic", "anthropic_bedrock", "azure_ai", "azure_openai", "baseten", "bedrock",
+        "bedrock_converse", "cohere", "deepseek", "fireworks", "google_anthropic_vertex",
+        "google_genai", "google_vertexai", "groq", "huggingface", "ibm", "litellm", "meta",
+        "mistralai", "nvidia", "openrouter", "perplexity", "together", "upstage", "xai",
+    }
+)  # fmt: skip
+KNOWN_PROVIDERS = frozenset({"ollama", "openai", *OPENAI_COMPATIBLE, *INIT_CHAT_MODEL_PROVIDERS})
+DEFAULT_OLLAMA_URL = "http://localhost:11434"
+MAIN_ROLE_ALL = "chatcompletions"
+POST_ROLE = "postcompletions"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerationOptions(_Strict):
+    """Sampling and runtime options; Ollama gets all of them, OpenAI the ones it knows."""
+
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    typical_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    # Ollama runtime options (https://github.com/ollama/ollama/blob/main/docs/api.md)
+    num_ctx: int | None = Field(default=None, ge=1)
+    num_predict: int | None = Field(default=None, ge=-2)
+    num_keep: int | None = Field(default=None, ge=-1)
+    num_batch: int | None = Field(default=None, ge=1)
+    num_gpu: int | None = Field(default=None, ge=-1)
+    main_gpu: int | None = Field(default=None, ge=0)
+    num_thread: int | None = Field(default=None, ge=0)
+    mirostat: Literal[0, 1, 2] | None = None
+    mirostat_eta: float | None = Field(default=None, ge=0.0)
+    mirostat_tau: float | None = Field(default=None, ge=0.0)
+    repeat_last_n: int | None = Field(default=None, ge=-1)
+    repeat_penalty: float | None = Field(default=None, ge=0.0)
+    tfs_z: float | None = Field(default=None, ge=0.0)
+    penalize_newline: bool | None = None
+    numa: bool | None = None
+    use_mmap: bool | None = None
+    use_mlock: bool | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_as_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def set_values(self) -> dict[str, Any]:
+        """Return the options that are set, by name."""
+        return self.model_dump(exclude_none=True)
+
+    def ollama_options(self) -> dict[str, Any]:
+        """Return Ollama's `options` object (`max_tokens` becomes `num_predict`)."""
+        options = self.set_values()
+        max_tokens = options.pop("max_tokens", None)
+        if max_tokens is not None and "num_predict" not in options:
+            options["num_predict"] = max_tokens
+        return options
+
+    def openai_params(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return (parameters OpenAI's API has, the rest for an OpenAI-compatible server)."""
+        options = self.set_values()
+        native = {k: options.pop(k) for k in list(options) if k in OPENAI_NATIVE_OPTIONS}
+        return native, options
+
+
+OPENAI_NATIVE_OPTIONS = frozenset(
+    {"temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty", "seed", "stop"}
+)
+
+
+class Cost(_Strict):
+    """Price in the config's currency per 1,000 tokens."""
+
+    input_per_1k: float = Field(default=0.0, ge=0.0)
+    output_per_1k: float = Field(default=0.0, ge=0.0)
+
+    def of(self, input_tokens: int, output_tokens: int) -> float:
+        """Return the cost of one call."""
+        return (input_tokens * self.input_per_1k + output_tokens * self.output_per_1k) / 1000
+
+
+class Supports(_Strict):
+    """What a model can do besides plain chat."""
+
+    streaming: bool = True
+    tools: bool = False
+
+
+class PostCompletion(_Strict):
+    """A step a model runs after the main completion, with its task text."""
+
+    task: str = Field(min_length=1)
+
+
+class ModelConfig(_Strict):
+    """One model entry: where it runs, what it is for, how it is called."""
+
+    name: str = Field(min_length=1)
+    """The name used in routing, overrides and logs."""
+    model: str = Field(min_length=1)
+    """The model id the provider knows (`phi3:mini`, `gpt-4o-mini`)."""
+    provider: str
+    """`ollama`, `openai`, `lmstudio`, `vllm`, `llamacpp`, `openai_compatible`, or any
+    provider `init_chat_model` knows."""
+    base_url: str | None = None
+    """The server's URL; defaults to the provider's entry under `providers`, then its usual."""
+    api_key: SecretStr | None = None
+    """The key, from the environment (`${OPENAI_API_KEY}`); never printed."""
+    roles: list[TaskType] = Field(default_factory=list)
+    """Task types this model serves as a main step."""
+    post_completions: list[PostCompletion] = Field(default_factory=list)
+    """Steps this model runs after the main completion."""
+    capabilities: dict[TaskType, float] = Field(default_factory=dict)
+    """How good the model is at each task type, 0.0 to 1.0 (missing: 0.5)."""
+    cost: Cost = Field(default_factory=Cost)
+    context_window: int = Field(default=4096, ge=256)
+    """Tokens the model accepts, prompt and answer together."""
+    supports: Supports = Field(default_factory=Supports)
+    options: GenerationOptions = Field(default_factory=GenerationOptions)
+    system_prompt: str | None = None
+    timeout: float = Field(default=120.0, gt=0.0)
+    """Seconds before a request to this model is abandoned."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        return normalise_model_entry(data)
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str, info: ValidationInfo) -> str:
+        if value in KNOWN_PROVIDERS:
+            return value
+        reference = (info.data or {}).get("model", "")
+        if not value:
+            prefix = reference.partition(":")[0] if ":" in reference else ""
+            not_one = f" ('{prefix}' is not a provider)" if prefix else ""
+            raise PydanticCustomError(
+                "missing_provider",
+                "model '{reference}' names no known provider{not_one}; write it as "
+                "'ollama:{reference}', 'openai:{reference}' or '<provider>:{reference}', "
+                "or set provider. Known providers: {known}",
+                {
+                    "reference": reference,
+                    "not_one": not_one,
+                    "known": ", ".join(sorted(KNOWN_PROVIDERS)),
+                },
+            )
+        raise PydanticCustomError(
+            "unknown_provider",
+            "unknown provider '{provider}'; known providers: {known}",
+            {"provider": value, "known": ", ".join(sorted(KNOWN_PROVIDERS))},
+        )
+
+    @field_validator("capabilities")
+    @classmethod
+    def _scores_in_range(cls, value: dict[TaskType, float]) -> dict[TaskType, float]:
+        for task_type, score in value.items():
+            if not 0.0 <= score <= 1.0:
+                raise PydanticCustomError(
+                    "capability_range",
+                    "capability {task_type} is {score}; expected a score from 0.0 to 1.0",
+                    {"task_type": task_type.value, "score": score},
+                )
+        return value
+
+    @property
+    def protocol(self) -> Literal["ollama", "openai", "init_chat_model"]:
+        """Return which client family talks to this model."""
+        if self.provider == "ollama":
+            return "ollama"
+        if self.provider == "openai" or self.provider in OPENAI_COMPATIBLE:
+            return "openai"
+        return "init_chat_model"
+
+    @property
+    def is_local_openai_compatible(self) -> bool:
+        """Whether this is an OpenAI-compatible server other than OpenAI's own."""
+        return self.protocol == "openai" and (
+            self.provider != "openai" or self.base_url is not None
+        )
+
+    @property
+    def reference(self) -> str:
+        """Return `provider:model`, as written in configs."""
+        return f"{self.provider}:{self.model}"
+
+    def capability(self, task_type: TaskType) -> float:
+        """Return the capability score for a task type (0.5 when the config says nothing)."""
+        return self.capabilities.get(task_type, 0.5)
+
+
+def split_reference(reference: str) -> tuple[str, str]:
+    """Split `provider:model` into its parts; `local_x` means an Ollama model `x`.
+
+    Returns ("", reference) when the reference names no known provider.
+    """
+    if reference.startswith("local_"):
+        return "ollama", reference.removeprefix("local_")
+    prefix, sep, rest = reference.partition(":")
+    if sep and prefix in KNOWN_PROVIDERS and rest:
+        return prefix, rest
+    return "", reference
+
+
+def _roles(raw: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Split a roles list into main task types and post-completion steps."""
+    if not isinstance(raw, list):
+        return raw, []
+    main: list[Any] = []
+    post: list[dict[str, Any]] = []
+    for entry in raw:
+        if entry == MAIN_ROLE_ALL:
+            main.extend(t.value for t in TaskType)
+        elif isinstance(entry, dict) and set(entry) == {POST_ROLE}:
+            post.append({"task": entry[POST_ROLE]})
+        else:
+            main.append(entry)
+    return list(dict.fromkeys(main)) if all(isinstance(m, str) for m in main) else main, post
+
+
+def normalise_model_entry(data: dict[str, Any]) -> dict[str, Any]:
+    """Turn the formats modelyard grew from into the current schema's fields."""
+    data = dict(data)
+    if "model_name_for_api" in data:
+        data.setdefault("model", data.pop("model_name_for_api"))
+    if "max_context_length" in data:
+        data.setdefault("context_window", data.pop("max_context_length"))
+    supports = dict(data.get("supports") or {})
+    if "supports_streaming" in data:
+        supports.setdefault("streaming", data.pop("supports_streaming"))
+    if "supports_function_calling" in data:
+        supports.setdefault("tools", data.pop("supports_function_calling"))
+    if supports:
+        data["supports"] = supports
+    usage = data.get("resource_usage")
+    if isinstance(usage, dict) and "cost_per_kilo_total_tokens" in usage:
+        per_1k = usage["cost_per_kilo_total_tokens"]
+        data.setdefault("cost", {"input_per_1k": per_1k, "output_per_1k": per_1k})
+        data.pop("resource_usage")
+    capabilities = data.get("capabilities")
+    if isinstance(capabilities, list):
+        data["capabilities"] = {name: 1.0 for name in capabilities}
+    if "roles" in data:
+        main, post = _roles(data["roles"])
+        data["roles"] = main
+        if post:
+            data["post_completions"] = [*data.get("post_completions", []), *post]
+
+    reference = data.get("model")
+    name = data.get("name")
+    if reference is None and isinstance(name, str):
+        reference = name
+    if isinstance(reference, str):
+        provider, model_id = split_reference(reference)
+        explicit = data.get("provider")
+        if explicit:
+            # `provider: ollama` + `model: ollama:phi3` or `model: phi3` both mean phi3.
+            model_id = model_id if provider == explicit else reference
+            provider = explicit
+        data["provider"] = provider
+        data["model"] = model_id
+        if name is None:
+            data["name"] = reference
+        elif isinstance(name, str) and name.startswith("local_") and name == reference:
+            data["name"] = name
+    elif "provider" not in data:
+        data["provider"] = ""
+    return data
+
+
+class ProviderSettings(_Strict):
+    """Defaults for every model of one provider."""
+
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+
+
+class RetrySettings(_Strict):
+    """How a failing model call is retried before modelyard gives up on that model."""
+
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """Calls per step on one model, the first included."""
+    initial_interval: float = Field(default=0.5, ge=0.0)
+    backoff_factor: float = Field(default=2.0, ge=1.0)
+    max_interval: float = Field(default=10.0, ge=0.0)
+    jitter: bool = True
+
+
+class ModelyardConfig(_Strict):
+    """A whole config: the models and the settings beside them."""
+
+    models: list[ModelConfig] = Field(min_length=1)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    source: str = Field(default="<python>", exclude=True)
+    """Where the config was read from, for error messages."""
+
+    @model_validator(mode="after")
+    def _unique_names(self, info: ValidationInfo) -> ModelyardConfig:
+        if info.context and info.context.get("cross_checked"):
+            return self
+        seen: dict[str, int] = {}
+        for index, model in enumerate(self.models):
+            if model.name in seen:
+                raise ValueError(
+                    f"model name {model.name!r} is used twice (models[{seen[model.name]}] "
+                    f"and models[{index}]); names must be unique"
+                )
+            seen[model.name] = index
+        return self
+
+    @field_validator("providers")
+    @classmethod
+    def _known_provider_keys(cls, value: dict[str, ProviderSettings]) -> dict[str, Any]:
+        unknown = sorted(set(value) - KNOWN_PROVIDERS)
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_provider",
+                "unknown provider {names}; known providers: {known}",
+                {"names": ", ".join(unknown), "known": ", ".join(sorted(KNOWN_PROVIDERS))},
+            )
+        return value
+
+    @property
+    def model_names(self) -> list[str]:
+        """Return every model's name, in config order."""
+        return [m.name for m in self.models]
+
+    def base_url_for(self, model: ModelConfig) -> str | None:
+        """Return the URL a model's requests go to."""
+        if model.base_url:
+            return model.base_url
+        settings = self.providers.get(model.provider)
+        if settings and settings.base_url:
+            return settings.base_url
+        if model.provider == "ollama":
+            return DEFAULT_OLLAMA_URL
+        if model.provider in OPENAI_COMPATIBLE:
+            return OPENAI_COMPATIBLE[model.provider]
+        if model.provider == "openai":
+            return "https://api.openai.com/v1"
+        return None
+
+    def api_key_for(self, model: ModelConfig) -> SecretStr | None:
+        """Return the API key for a model, from its entry or its provider's settings."""
+        if model.api_key is not None:
+            return model.api_key
+        settings = self.providers.get(model.provider)
+        return settings.api_key if settings else None

@@ -1,0 +1,48 @@
+"""Run one task through a graph and get a Task back, from async code or from a script."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from modelyard.configs import ModelyardConfig
+from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
+from modelyard.graphs.route import build_route_graph
+from modelyard.nodes import Context
+from modelyard.state import Task
+
+GraphName = Literal["route", "plan_and_implement"]
+BUILDERS = {"route": build_route_graph, "plan_and_implement": build_plan_and_implement_graph}
+
+
+async def arun_task(
+    task: Task | str,
+    *,
+    graph: GraphName = "route",
+    context: Context | None = None,
+    config: ModelyardConfig | None = None,
+) -> Task:
+    """Run a task (or a prompt) through a graph and return the finished Task.
+
+    Args:
+        task: The task, or just its prompt.
+        graph: `route` or `plan_and_implement`.
+        context: The run's context; default: built from `config`, else the default config.
+        config: A config object to run with, when no context is given.
+    """
+    task = Task(prompt=task) if isinstance(task, str) else task
+    context = context or Context(config=config)
+    compiled = BUILDERS[graph](context.models().config).compile()
+    state: dict[str, Any] = await compiled.ainvoke(task.to_input(), context=context)
+    return task.with_state(state)
+
+
+def run_task(
+    task: Task | str,
+    *,
+    graph: GraphName = "route",
+    context: Context | None = None,
+    config: ModelyardConfig | None = None,
+) -> Task:
+    """Run a task from synchronous code (not inside a running event loop)."""
+    return asyncio.run(arun_task(task, graph=graph, context=context, config=config))

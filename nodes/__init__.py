@@ -1,0 +1,18 @@
+"""Graph nodes: classify, select, the work steps, and the failure handler."""
+
+from modelyard.nodes.calls import call_model, translate_error
+from modelyard.nodes.classify import classify_task
+from modelyard.nodes.context import Context
+from modelyard.nodes.failure import record_failure
+from modelyard.nodes.select import select_model_for
+from modelyard.nodes.work import work_node
+
+__all__ = [
+    "Context",
+    "call_model",
+    "classify_task",
+    "record_failure",
+    "select_model_for",
+    "translate_error",
+    "work_node",
+]

@@ -1,0 +1,206 @@
+"""Call a configured model: measure it, and turn any provider's failure into a ModelCallError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.runnables import RunnableConfig
+
+from modelyard.configs import ModelConfig, ModelRegistry
+from modelyard.state import ModelCall, ModelCallError, ModelErrorKind
+
+_OVERFLOW_WORDS = ("context length", "context window", "maximum context", "too many tokens",
+                   "context_length_exceeded", "prompt is too long")  # fmt: skip
+
+
+async def call_model(
+    registry: ModelRegistry,
+    name: str,
+    messages: Sequence[BaseMessage],
+    *,
+    step: str,
+    overrides: Mapping[str, Any] | None = None,
+    config: RunnableConfig | None = None,
+    attempt: int = 1,
+) -> tuple[AIMessage, ModelCall]:
+    """Call model `name` with `messages`; return its answer and a record of the call.
+
+    Streams when the model supports it, so `stream_mode="messages"` shows tokens as they come
+    and the record has the time to the first token.
+
+    Raises:
+        ModelCallError: whatever failed, with its kind, the model and the URL.
+    """
+    model = registry.get(name)
+    client = registry.chat_model(name, overrides)
+    started = time.perf_counter()
+    first_token: float | None = None
+    try:
+        if model.supports.streaming:
+            answer: AIMessageChunk | None = None
+            async for chunk in client.astream(list(messages), config):
+                if first_token is None and chunk.content:
+                    first_token = time.perf_counter()
+                answer = chunk if answer is None else answer + chunk  # type: ignore[assignment]
+            if answer is None:
+                raise ModelCallError(
+                    ModelErrorKind.MALFORMED_RESPONSE,
+                    model=name,
+                    url=registry.base_url(name),
+                    detail="the stream ended without a message",
+                )
+            message = AIMessage(
+                content=answer.content,
+                usage_metadata=answer.usage_metadata,
+                response_metadata=answer.response_metadata,
+                id=answer.id,
+            )
+        else:
+            reply = await client.ainvoke(list(messages), config)
+            message = reply if isinstance(reply, AIMessage) else AIMessage(content=reply.content)
+    except ModelCallError:
+        raise
+    except Exception as exc:
+        error = translate_error(exc, model, registry.base_url(name))
+        if error is None:
+            raise
+        raise error from exc
+    if not isinstance(message.content, str):
+        raise ModelCallError(
+            ModelErrorKind.MALFORMED_RESPONSE,
+            model=name,
+            url=registry.base_url(name),
+            detail=f"expected text, got {type(message.content).__name__} content",
+        )
+    latency_ms = (time.perf_counter() - started) * 1000
+    usage = message.usage_metadata or {}
+    input_tokens = int(usage.get("input_tokens", 0))
+    output_tokens = int(usage.get("output_tokens", 0))
+    record = ModelCall(
+        step=step,
+        model=name,
+        provider=model.provider,
+        latency_ms=round(latency_ms, 2),
+        first_token_ms=round((first_token - started) * 1000, 2) if first_token else None,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cost=model.cost.of(input_tokens, output_tokens),
+        attempts=attempt,
+        prompt=[{"role": m.type, "content": str(m.content)} for m in messages],
+    )
+    return message, record
+
+
+def translate_error(exc: BaseException, model: ModelConfig, url: str) -> ModelCallError | None:
+    """Return the ModelCallError a provider's exception means, or None for a bug of ours."""
+    import ollama
+    import openai
+
+    def error(kind: ModelErrorKind, detail: str, **extra: Any) -> ModelCallError:
+        return ModelCallError(
+            kind, model=model.name, url=url, detail=detail, hint=_hint(kind, model, url), **extra
+        )
+
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | asyncio.TimeoutError):
+        return error(ModelErrorKind.TIMEOUT, f"no answer within {model.timeout:g} s")
+    if isinstance(exc, openai.APIStatusError):
+        return _from_status(error, exc.status_code, _openai_message(exc), exc.response.headers)
+    if isinstance(exc, ollama.ResponseError):
+        response = getattr(exc.__cause__, "response", None)
+        headers = response.headers if isinstance(response, httpx.Response) else None
+        return _from_status(error, exc.status_code, exc.error, headers)
+    if isinstance(exc, httpx.HTTPStatusError):
+        return _from_status(error, exc.response.status_code, exc.response.text[:300],
+                            exc.response.headers)  # fmt: skip
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
+        return error(ModelErrorKind.CONNECTION, f"the connection dropped mid-answer ({exc})")
+    if isinstance(exc, openai.APIConnectionError | httpx.ConnectError | ConnectionError):
+        return error(ModelErrorKind.CONNECTION, "could not connect")
+    if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+        return error(ModelErrorKind.MALFORMED_RESPONSE, f"unreadable answer ({exc})")
+    if isinstance(exc, ValueError | KeyError | TypeError) and _from_client_library(exc):
+        return error(ModelErrorKind.MALFORMED_RESPONSE, f"unreadable answer ({exc!r})")
+    return None
+
+
+def _from_status(
+    error: Any, status: int, message: str, headers: httpx.Headers | Mapping[str, str] | None
+) -> ModelCallError:
+    detail = message.strip() or "no detail"
+    lowered = detail.lower()
+    if status == 429:
+        retry_after = _retry_after(headers)
+        return error(ModelErrorKind.RATE_LIMITED, detail, status=status, retry_after=retry_after)
+    if status in (401, 403):
+        return error(ModelErrorKind.AUTH, detail, status=status)
+    if status == 404:
+        return error(ModelErrorKind.NOT_FOUND, detail, status=status)
+    if any(word in lowered for word in _OVERFLOW_WORDS):
+        return error(ModelErrorKind.CONTEXT_OVERFLOW, detail, status=status)
+    if status >= 500:
+        return error(ModelErrorKind.SERVER_ERROR, detail, status=status)
+    if status == 200:
+        return error(ModelErrorKind.MALFORMED_RESPONSE, detail, status=status)
+    return error(ModelErrorKind.BAD_REQUEST, detail, status=status)
+
+
+def _retry_after(headers: httpx.Headers | Mapping[str, str] | None) -> float | None:
+    if not headers:
+        return None
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _openai_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return str(getattr(exc, "message", exc))
+
+
+def _from_client_library(exc: BaseException) -> bool:
+    """Whether an exception was raised while a client library parsed a server's answer."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("ollama", "openai", "langchain_ollama", "langchain_openai")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _hint(kind: ModelErrorKind, model: ModelConfig, url: str) -> str:
+    where = "providers.<provider>.base_url or the model's base_url in the config"
+    if kind is ModelErrorKind.CONNECTION and model.provider == "ollama":
+        return (
+            f"Is Ollama running at {url}? Start it with `ollama serve` (and "
+            f"`ollama pull {model.model}`), or point {where} (or OLLAMA_HOST) elsewhere"
+        )
+    if kind is ModelErrorKind.CONNECTION:
+        return f"Is the server at {url} running? Start it, or point {where} elsewhere"
+    if kind is ModelErrorKind.NOT_FOUND and model.provider == "ollama":
+        return f"The server does not have {model.model!r}; run `ollama pull {model.model}`"
+    if kind is ModelErrorKind.NOT_FOUND:
+        return f"The server does not serve {model.model!r}; check the model id in the config"
+    if kind is ModelErrorKind.TIMEOUT:
+        return f"Raise `timeout` for model {model.name!r} in the config if it needs longer"
+    if kind is ModelErrorKind.AUTH:
+        return "Check the API key (set it in the environment, e.g. OPENAI_API_KEY)"
+    if kind is ModelErrorKind.CONTEXT_OVERFLOW:
+        return "Shorten the prompt or use a model with a larger context window"
+    if kind is ModelErrorKind.RATE_LIMITED:
+        return "The server is rate-limiting; wait, or lower the request rate"
+    return ""

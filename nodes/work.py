@@ -1,0 +1,103 @@
+"""The work nodes: answer, plan and implement, each bound to the model selected for it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
+
+from modelyard.configs.prompts import render_prompt
+from modelyard.nodes.calls import call_model
+from modelyard.nodes.context import Context
+from modelyard.state import Step, TaskContext, TaskEvent, TaskState, TaskStatus
+from modelyard.state.task import utcnow
+
+WorkNode = Callable[[TaskState, RunnableConfig, Runtime[Context]], Awaitable[dict[str, Any]]]
+
+#: The state key each step writes its text to.
+OUTPUT_KEYS = {Step.ANSWER: "result", Step.PLAN: "plan", Step.IMPLEMENT: "implementation"}
+
+
+def work_node(step: Step, *, final: bool) -> WorkNode:
+    """Return a node that runs `step` on its selected model.
+
+    Args:
+        step: The step; its prompt template is `configs/prompts/<step>.md`.
+        final: Whether this step's text is the task's result, ending the task.
+    """
+
+    async def work(
+        state: TaskState, config: RunnableConfig, runtime: Runtime[Context]
+    ) -> dict[str, Any]:
+        registry = runtime.context.models()
+        selection = state["selections"][step.value]
+        model = registry.get(selection.model)
+        messages: list[BaseMessage] = []
+        if model.system_prompt:
+            messages.append(SystemMessage(model.system_prompt))
+        messages.append(HumanMessage(render_prompt(step.value, **_prompt_values(state))))
+        attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
+        task_context = state.get("context") or TaskContext()
+        message, call = await call_model(
+            registry,
+            model.name,
+            messages,
+            step=step.value,
+            overrides=task_context.options,
+            config=_tagged(config, state, step, model.name, attempt),
+            attempt=attempt,
+        )
+        retried = f" after {attempt} attempts" if attempt > 1 else ""
+        event = TaskEvent(
+            kind="model_call",
+            step=step.value,
+            model=model.name,
+            detail=f"{model.name} answered in {call.latency_ms:.0f} ms{retried}",
+            data=call.model_dump(exclude={"prompt"}) | {"prompt": call.prompt},
+        )
+        update: dict[str, Any] = {
+            OUTPUT_KEYS[step]: message.content,
+            "calls": [call],
+            "attempts": attempt,
+            "history": [event],
+        }
+        if final:
+            update |= {
+                "result": message.content,
+                "assigned_model": model.name,
+                "status": TaskStatus.COMPLETED,
+                "finished_at": utcnow(),
+                "error": None,
+                "history": [event, TaskEvent(kind="completed", step=step.value, model=model.name)],
+            }
+        return update
+
+    work.__name__ = work.__qualname__ = step.value
+    return work
+
+
+def _prompt_values(state: TaskState) -> dict[str, str]:
+    return {"prompt": state["prompt"], "plan": state.get("plan", "")}
+
+
+def _tagged(
+    config: RunnableConfig, state: TaskState, step: Step, model: str, attempt: int
+) -> RunnableConfig:
+    """Return the run config with the routing in its tags and metadata, for tracing."""
+    task_type = state.get("task_type")
+    return {
+        **config,
+        "run_name": f"{step.value}:{model}",
+        "tags": [*config.get("tags", []), f"modelyard:{step.value}", f"model:{model}"],
+        "metadata": {
+            **config.get("metadata", {}),
+            "modelyard_task_id": state.get("task_id"),
+            "modelyard_task_type": task_type.value if task_type else None,
+            "modelyard_step": step.value,
+            "modelyard_model": model,
+            "modelyard_attempt": attempt,
+        },
+    }
