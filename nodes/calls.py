@@ -112,7 +112,8 @@ def translate_error(exc: BaseException, model: ModelConfig, url: str) -> ModelCa
     if isinstance(exc, openai.APIStatusError):
         return _from_status(error, exc.status_code, _openai_message(exc), exc.response.headers)
     if isinstance(exc, ollama.ResponseError):
-        response = getattr(exc.__cause__, "response", None)
+        # ollama raises ResponseError "from None"; the HTTP error is still its __context__.
+        response = getattr(exc.__cause__ or exc.__context__, "response", None)
         headers = response.headers if isinstance(response, httpx.Response) else None
         return _from_status(error, exc.status_code, exc.error, headers)
     if isinstance(exc, httpx.HTTPStatusError):
@@ -183,7 +184,7 @@ def _from_client_library(exc: BaseException) -> bool:
 
 
 def _hint(kind: ModelErrorKind, model: ModelConfig, url: str) -> str:
-    where = "providers.<provider>.base_url or the model's base_url in the config"
+    where = f"providers.{model.provider}.base_url or the model's base_url in the config"
     if kind is ModelErrorKind.CONNECTION and model.provider == "ollama":
         return (
             f"Is Ollama running at {url}? Start it with `ollama serve` (and "

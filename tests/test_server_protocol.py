@@ -100,7 +100,8 @@ def test_tags_lists_models_with_details(http: httpx.Client) -> None:
     assert first["digest"].startswith("sha256:")
     assert isinstance(first["size"], int) and first["size"] > 0
     assert first["details"]["format"] == "gguf"
-    assert ollama.Client(host=str(http.base_url)).list().models[1].model == "coder"
+    with ollama.Client(host=str(http.base_url)) as client:
+        assert client.list().models[1].model == "coder"
 
 
 def test_show_known_model_reports_context_length(
@@ -147,8 +148,8 @@ def test_pull_refused_when_not_pullable() -> None:
         assert response.status_code == 404
         assert response.json() == {"error": "pull model manifest: file does not exist"}
         assert srv.models == ["a"]
-        with pytest.raises(ollama.ResponseError) as info:
-            ollama.Client(host=srv.url).pull("b")
+        with ollama.Client(host=srv.url) as client, pytest.raises(ollama.ResponseError) as info:
+            client.pull("b")
         assert info.value.status_code == 404
 
 
@@ -193,7 +194,8 @@ def test_openai_models_list(server: LocalModelServer, http: httpx.Client) -> Non
     assert data["object"] == "list"
     assert [m["id"] for m in data["data"]] == ["phi3:mini", "coder"]
     assert all(m["object"] == "model" and m["owned_by"] == "modelyard-local" for m in data["data"])
-    models = openai.OpenAI(base_url=server.openai_url, api_key="x").models.list()
+    with openai.OpenAI(base_url=server.openai_url, api_key="x") as client:
+        models = client.models.list()
     assert [m.id for m in models] == ["phi3:mini", "coder"]
 
 
@@ -231,7 +233,12 @@ def test_openai_sse_stream_without_usage(http: httpx.Client) -> None:
 
 def test_content_parts_are_flattened(server: LocalModelServer, http: httpx.Client) -> None:
     seen: list[list[dict[str, Any]]] = []
-    server.script("coder", lambda model, messages: seen.append(messages) or "ok")
+
+    def record(model: str, messages: list[dict[str, Any]]) -> str:
+        seen.append(messages)
+        return "ok"
+
+    server.script("coder", record)
     parts = [{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}]
     body = {"model": "coder", "messages": [{"role": "user", "content": parts}]}
     assert http.post("/v1/chat/completions", json=body).status_code == 200
@@ -666,7 +673,10 @@ def test_chunk_delay_paces_the_stream() -> None:
     with LocalModelServer(["m"], chunk_delay=0.05) as srv:
         srv.script("m", ["one two three four five six seven eight nine"])  # 3 chunks + final
         started = time.monotonic()
-        assert ollama_chat(srv, "m").invoke("hi").content.startswith("one two")
+        assert (
+            ollama_chat(srv, "m").invoke("hi").content
+            == "one two three four five six seven eight nine"
+        )
         assert time.monotonic() - started >= 0.15
 
 

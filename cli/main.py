@@ -1,0 +1,178 @@
+"""The `modelyard` command: run a task, list the models, or run the offline demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from modelyard.cli.output import render_models, summary_line, task_json
+from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
+from modelyard.configs.availability import check_models
+from modelyard.graphs import build_plan_and_implement_graph, build_route_graph
+from modelyard.nodes import Context
+from modelyard.state import ModelyardError, Task, TaskStatus, TaskType
+
+app = typer.Typer(
+    name="modelyard",
+    help="Route each task to the LLM that suits it: classify, select, answer.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file or folder, or a packaged config name (default, openai, "
+        "lmstudio). Default: $MODELYARD_CONFIG, else the packaged default.",
+    ),
+]
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed on one line per problem, exit 2."""
+
+
+def _load(config_file: str | None) -> tuple[ModelyardConfig, ModelRegistry]:
+    config = load_config(config_file)
+    return config, ModelRegistry(config)
+
+
+@app.command()
+def run(
+    prompt: Annotated[str, typer.Argument(help="The task, in your words.")],
+    config_file: ConfigOption = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Use this configured model for every step.")
+    ] = None,
+    task_type: Annotated[
+        TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
+    ] = None,
+    plan: Annotated[
+        bool, typer.Option("--plan", help="A reasoning model plans, a coding model implements.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
+) -> None:
+    """Run one task: classify it, route it to a model, and stream the answer."""
+    config, registry = _load(config_file)
+    if model is not None:
+        registry.get(model, where="(--model)")
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; give the task's text")
+    task = Task(prompt=prompt, model=model, task_type=task_type, max_attempts=config.retry.max_attempts)
+    builder = build_plan_and_implement_graph if plan else build_route_graph
+    graph = builder(config).compile()
+    context = Context(registry=registry)
+    started = time.perf_counter()
+    if as_json:
+        state = asyncio.run(graph.ainvoke(task.to_input(), context=context))
+    else:
+        state = asyncio.run(_stream(graph, task, context))
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    finished = task.with_state(state)
+    if as_json:
+        typer.echo(json.dumps(task_json(finished, state, elapsed_ms, plan=plan), indent=2))
+    if finished.status is not TaskStatus.COMPLETED:
+        message = (finished.error or {}).get("message", "the task did not complete")
+        err.print(f"[red]modelyard: error:[/red] {message}", soft_wrap=True)
+        raise typer.Exit(1)
+    if not as_json:
+        err.print(f"[dim]{summary_line(finished, state, elapsed_ms)}[/dim]", soft_wrap=True)
+
+
+async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
+    """Print tokens as they arrive, under a heading per step; return the final state."""
+    current_step: str | None = None
+    state: dict[str, Any] = {}
+    async for mode, chunk in graph.astream(
+        task.to_input(), context=context, stream_mode=["messages", "updates", "values"]
+    ):
+        if mode == "values":
+            state = chunk
+        elif mode == "updates":
+            for update in chunk.values():
+                for event in (update or {}).get("history", []) if isinstance(update, dict) else []:
+                    if event.kind == "selected":
+                        err.print(f"[cyan]→ {event.step}: {event.detail}[/cyan]", soft_wrap=True)
+        elif mode == "messages":
+            message, metadata = chunk
+            step = metadata.get("modelyard_step")
+            if step is None or not isinstance(message.content, str):
+                continue
+            if step != current_step:
+                if current_step is not None:
+                    sys.stdout.write("\n")
+                err.print(f"[bold]── {step} · {metadata.get('modelyard_model')} ──[/bold]")
+                current_step = step
+            sys.stdout.write(message.content)
+            sys.stdout.flush()
+    if current_step is not None:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    return state
+
+
+@app.command()
+def models(
+    config_file: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the configured models, their roles, and whether each server has them."""
+    config, _ = _load(config_file)
+    availability = asyncio.run(check_models(config))
+    if as_json:
+        rows = [
+            {
+                "name": m.name,
+                "provider": m.provider,
+                "model": m.model,
+                "roles": [r.value for r in m.roles],
+                "url": a.url,
+                "reachable": a.reachable,
+                "available": a.available,
+                "detail": a.detail,
+            }
+            for m, a in zip(config.models, availability, strict=True)
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    console.print(render_models(config, availability))
+
+
+@app.command()
+def demo() -> None:
+    """Run both graphs against a local stand-in server with scripted models (offline)."""
+    from modelyard.cli.demo import run_demo
+
+    run_demo(Console(highlight=False))
+
+
+def main() -> None:
+    """Run the CLI; print modelyard's errors without a traceback."""
+    try:
+        app()
+    except (ModelyardError, UsageError) as exc:
+        kind = "config error" if type(exc).__name__ == "ConfigError" else "error"
+        lines = str(exc).splitlines() or [type(exc).__name__]
+        for line in lines:
+            err.print(f"[red]modelyard: {kind}:[/red] {line}", soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("[yellow]modelyard: interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""How the CLI shows results: the summary line, the JSON object, the models table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from modelyard.configs import ModelyardConfig
+from modelyard.configs.availability import Availability
+from modelyard.state import ModelCall, Task
+
+
+def _calls(state: dict[str, Any]) -> list[ModelCall]:
+    return list(state.get("calls", []))
+
+
+def summary_line(task: Task, state: dict[str, Any], elapsed_ms: float) -> str:
+    """Return the one-line summary: task type, model(s), latency, tokens."""
+    calls = _calls(state)
+    models = " → ".join(f"{c.step}:{c.model}" for c in calls) or task.assigned_model or "-"
+    tokens_in = sum(c.input_tokens for c in calls)
+    tokens_out = sum(c.output_tokens for c in calls)
+    task_type = task.task_type.value if task.task_type else "-"
+    return (
+        f"task_type={task_type} model={models} latency={elapsed_ms:.0f}ms "
+        f"tokens={tokens_in}in/{tokens_out}out attempts={task.attempts}"
+    )
+
+
+def task_json(task: Task, state: dict[str, Any], elapsed_ms: float, *, plan: bool) -> dict[str, Any]:
+    """Return the `--json` object for a finished task."""
+    calls = _calls(state)
+    classification = state.get("classification")
+    selections = state.get("selections", {})
+    payload: dict[str, Any] = {
+        "task_id": task.id,
+        "status": task.status.value,
+        "task_type": task.task_type.value if task.task_type else None,
+        "classification": classification.model_dump(mode="json", exclude={"scores"})
+        if classification
+        else None,
+        "model": task.assigned_model,
+        "reason": {step: s.reason for step, s in selections.items()},
+        "content": task.result,
+        "latency_ms": round(elapsed_ms, 1),
+        "attempts": task.attempts,
+        "tokens": {
+            "input": sum(c.input_tokens for c in calls),
+            "output": sum(c.output_tokens for c in calls),
+        },
+        "cost": sum(c.cost for c in calls),
+        "calls": [c.model_dump(mode="json", exclude={"prompt"}) for c in calls],
+        "error": task.error,
+    }
+    if plan:
+        payload["plan"] = state.get("plan")
+        payload["implementation"] = state.get("implementation")
+        payload["models"] = {step: s.model for step, s in selections.items()}
+    return payload
+
+
+def _mark(value: bool | None) -> str:
+    return {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[dim]?[/dim]"}[value]
+
+
+def render_models(config: ModelyardConfig, availability: list[Availability]) -> Table:
+    """Return the `modelyard models` table."""
+    table = Table(title=f"models in {config.source}")
+    for column in ("name", "provider", "model", "roles", "url", "reachable", "available"):
+        table.add_column(column)
+    for model, status in zip(config.models, availability, strict=True):
+        roles = ", ".join(r.value for r in model.roles) or "-"
+        post = len(model.post_completions)
+        if post:
+            roles += f" (+{post} post-completion)"
+        table.add_row(
+            model.name,
+            model.provider,
+            model.model,
+            roles,
+            status.url or "-",
+            _mark(status.reachable) + (f" [dim]{status.detail}[/dim]" if status.detail else ""),
+            _mark(status.available),
+        )
+    return table

@@ -1,0 +1,85 @@
+"""Ask each configured server whether it is up and has the model (Ollama tags, /v1/models)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import httpx
+
+from modelyard.configs.schema import ModelConfig, ModelyardConfig
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What one model's server said."""
+
+    model: str
+    url: str | None
+    reachable: bool | None
+    """True/False when asked; None when the provider cannot be asked."""
+    available: bool | None
+    """Whether the server lists the model; None when unknown."""
+    detail: str = ""
+
+
+async def check_models(config: ModelyardConfig, *, timeout: float = 3.0) -> list[Availability]:
+    """Return each model's availability, asking each server once."""
+    listings: dict[tuple[str, str], asyncio.Task[tuple[set[str] | None, str]]] = {}
+    async with httpx.AsyncClient(timeout=timeout) as client:
+        for model in config.models:
+            key = _listing_key(config, model)
+            if key is not None and key not in listings:
+                listings[key] = asyncio.create_task(_list_models(client, config, model, key))
+        results = []
+        for model in config.models:
+            key = _listing_key(config, model)
+            url = config.base_url_for(model)
+            if key is None:
+                results.append(Availability(model.name, url, None, None, "not checked"))
+                continue
+            names, detail = await listings[key]
+            if names is None:
+                results.append(Availability(model.name, url, False, None, detail))
+            else:
+                found = model.model in names or _ollama_latest(model, names)
+                results.append(Availability(model.name, url, True, found, detail))
+        return results
+
+
+def _listing_key(config: ModelyardConfig, model: ModelConfig) -> tuple[str, str] | None:
+    url = config.base_url_for(model)
+    if url is None or model.protocol == "init_chat_model":
+        return None
+    return model.protocol, url
+
+
+def _ollama_latest(model: ModelConfig, names: set[str]) -> bool:
+    return model.protocol == "ollama" and ":" not in model.model and f"{model.model}:latest" in names
+
+
+async def _list_models(
+    client: httpx.AsyncClient, config: ModelyardConfig, model: ModelConfig, key: tuple[str, str]
+) -> tuple[set[str] | None, str]:
+    protocol, url = key
+    headers = {}
+    api_key = config.api_key_for(model)
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+    endpoint = f"{url.rstrip('/')}/api/tags" if protocol == "ollama" else f"{url.rstrip('/')}/models"
+    try:
+        response = await client.get(endpoint, headers=headers)
+        response.raise_for_status()
+        payload = response.json()
+    except httpx.HTTPStatusError as exc:
+        return None, f"{endpoint} answered HTTP {exc.response.status_code}"
+    except httpx.HTTPError as exc:
+        return None, f"cannot reach {endpoint} ({type(exc).__name__})"
+    except ValueError:
+        return None, f"{endpoint} did not answer JSON"
+    if protocol == "ollama":
+        names = {str(m.get("name")) for m in payload.get("models", [])}
+        names |= {str(m.get("model")) for m in payload.get("models", [])}
+    else:
+        names = {str(m.get("id")) for m in payload.get("data", [])}
+    return names, ""

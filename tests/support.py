@@ -1,0 +1,81 @@
+"""Helpers the tests share: configs pointing at the local server, scripted contexts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelyard.configs import ModelRegistry, load_config
+from modelyard.nodes import Context
+from modelyard.testing.scripted import ScriptedChatModel
+
+REASONING_MODEL = "phi3:mini"
+CODING_MODEL = "deepseek-coder:6.7b-instruct"
+
+CONFIG_TEMPLATE = """\
+models:
+  - name: reasoner
+    model: {reasoning_ref}
+    {base_url}
+    roles: [planning, problem_solving, explanation, general]
+    capabilities: {{planning: 0.8, problem_solving: 0.75, explanation: 0.85, general: 0.8,
+                   code_generation: 0.45, code_review: 0.55}}
+    context_window: 4096
+    options: {{temperature: 0.7, top_p: 0.95, frequency_penalty: 0.2, presence_penalty: 0.2,
+              max_tokens: 4096{reasoner_extra}}}
+    system_prompt: You are a careful reasoning assistant.
+    timeout: {timeout}
+  - name: coder
+    model: {coding_ref}
+    {base_url}
+    roles: [code_generation, code_review]
+    capabilities: {{code_generation: 0.9, code_review: 0.85, problem_solving: 0.6}}
+    context_window: 16384
+    options: {{temperature: 0.35, top_p: 0.95, frequency_penalty: 0.1, presence_penalty: 0.1,
+              max_tokens: 4096}}
+    system_prompt: You are an expert software engineer.
+    timeout: {timeout}
+retry:
+  max_attempts: 3
+  initial_interval: 0.01
+  backoff_factor: 2.0
+  max_interval: 0.05
+  jitter: false
+"""
+
+
+def config_text(
+    url: str, *, protocol: str = "ollama", timeout: float = 5.0, reasoner_extra: str = ""
+) -> str:
+    """Return a two-model config (reasoner, coder) whose models live at `url`."""
+    if protocol == "ollama":
+        refs = (f"ollama:{REASONING_MODEL}", f"ollama:{CODING_MODEL}")
+        base_url = f"base_url: {url}"
+    else:
+        refs = (f"openai_compatible:{REASONING_MODEL}", f"openai_compatible:{CODING_MODEL}")
+        base_url = f"base_url: {url}/v1"
+    return CONFIG_TEMPLATE.format(
+        reasoning_ref=refs[0],
+        coding_ref=refs[1],
+        base_url=base_url,
+        timeout=timeout,
+        reasoner_extra=reasoner_extra,
+    )
+
+
+def write_config(directory: Path, text: str, name: str = "modelyard.yaml") -> Path:
+    """Write a config file and return its path."""
+    path = directory / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def scripted_context(
+    reasoner: ScriptedChatModel | None = None, coder: ScriptedChatModel | None = None
+) -> Context:
+    """Return a Context running the packaged default config on scripted models."""
+    config = load_config("default")
+    clients = {
+        "reasoner": reasoner or ScriptedChatModel(name_for_echo="reasoner"),
+        "coder": coder or ScriptedChatModel(name_for_echo="coder"),
+    }
+    return Context(registry=ModelRegistry(config, clients=clients))
