@@ -20,6 +20,23 @@ ROUTED_PROMPTS = [
     "Write a Python function that validates email addresses",
     "Explain how a hash table works",
 ]
+TODO_CODE = """```python
+import json
+import sys
+from pathlib import Path
+
+STORE = Path("todo.json")
+
+
+def main() -> None:
+    items = json.loads(STORE.read_text()) if STORE.exists() else []
+    if sys.argv[1:2] == ["add"]:
+        items.append({"text": " ".join(sys.argv[2:]), "done": False})
+        STORE.write_text(json.dumps(items))
+    for number, item in enumerate(items):
+        print(number, "[x]" if item["done"] else "[ ]", item["text"])
+```
+(scripted implementation from the coding model)"""
 PLAN_PROMPT = "Build a command-line todo app that stores its items in a JSON file"
 
 
@@ -27,18 +44,10 @@ def scripted_reply(model: str, messages: list[dict[str, Any]]) -> str:
     """Return a canned answer that fits the model's job and the question asked."""
     last = str(messages[-1].get("content", "")) if messages else ""
     if model == CODING_MODEL and "todo" in last.lower():
-        return (
-            "```python\nimport json, sys\nfrom pathlib import Path\n\nSTORE = Path('todo.json')"
-            "\n\n\ndef load() -> list[dict]:\n    return json.loads(STORE.read_text()) if "
-            "STORE.exists() else []\n\n\ndef main() -> None:\n    items = load()\n"
-            "    if sys.argv[1:2] == ['add']:\n        items.append({'text': ' '.join(sys.argv[2:]),"
-            " 'done': False})\n        STORE.write_text(json.dumps(items))\n"
-            "    for i, item in enumerate(items):\n        print(i, '[x]' if item['done'] else "
-            "'[ ]', item['text'])\n```\n(scripted implementation from the coding model)"
-        )
+        return TODO_CODE
     if model == CODING_MODEL:
         return (
-            "```python\nimport re\n\nEMAIL = re.compile(r\"^[^@\\s]+@[^@\\s]+\\.[a-z]{2,}$\", "
+            '```python\nimport re\n\nEMAIL = re.compile(r"^[^@\\s]+@[^@\\s]+\\.[a-z]{2,}$", '
             "re.IGNORECASE)\n\n\ndef is_valid_email(address: str) -> bool:\n"
             "    return bool(EMAIL.match(address))\n```\n"
             "(scripted answer from the coding model)"
@@ -80,8 +89,10 @@ async def _run_graphs(console: Console, config: Any, context: Context) -> None:
         state = await route.ainvoke({"prompt": prompt}, context=context)
         selection = state["selections"]["answer"]
         console.rule(f"route: {prompt}")
-        console.print(f"[cyan]task type[/cyan] {state['task_type'].value}  "
-                      f"[cyan]model[/cyan] {selection.model}  [dim]{selection.reason}[/dim]")  # fmt: skip
+        console.print(
+            f"[cyan]task type[/cyan] {state['task_type'].value}  "
+            f"[cyan]model[/cyan] {selection.model}  [dim]{selection.reason}[/dim]"
+        )
         console.print(state["result"], markup=False)
     plan_graph = build_plan_and_implement_graph(config).compile()
     state = await plan_graph.ainvoke({"prompt": PLAN_PROMPT}, context=context)

@@ -60,7 +60,9 @@ def run(
     plan: Annotated[
         bool, typer.Option("--plan", help="A reasoning model plans, a coding model implements.")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object at the end.")
+    ] = False,
 ) -> None:
     """Run one task: classify it, route it to a model, and stream the answer."""
     config, registry = _load(config_file)
@@ -68,7 +70,9 @@ def run(
         registry.get(model, where="(--model)")
     if not prompt.strip():
         raise UsageError("the prompt is empty; give the task's text")
-    task = Task(prompt=prompt, model=model, task_type=task_type, max_attempts=config.retry.max_attempts)
+    task = Task(
+        prompt=prompt, model=model, task_type=task_type, max_attempts=config.retry.max_attempts
+    )
     builder = build_plan_and_implement_graph if plan else build_route_graph
     graph = builder(config).compile()
     context = Context(registry=registry)

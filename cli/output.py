@@ -28,7 +28,9 @@ def summary_line(task: Task, state: dict[str, Any], elapsed_ms: float) -> str:
     )
 
 
-def task_json(task: Task, state: dict[str, Any], elapsed_ms: float, *, plan: bool) -> dict[str, Any]:
+def task_json(
+    task: Task, state: dict[str, Any], elapsed_ms: float, *, plan: bool
+) -> dict[str, Any]:
     """Return the `--json` object for a finished task."""
     calls = _calls(state)
     classification = state.get("classification")

@@ -55,7 +55,9 @@ def _listing_key(config: ModelyardConfig, model: ModelConfig) -> tuple[str, str]
 
 
 def _ollama_latest(model: ModelConfig, names: set[str]) -> bool:
-    return model.protocol == "ollama" and ":" not in model.model and f"{model.model}:latest" in names
+    return (
+        model.protocol == "ollama" and ":" not in model.model and f"{model.model}:latest" in names
+    )
 
 
 async def _list_models(
@@ -66,7 +68,9 @@ async def _list_models(
     api_key = config.api_key_for(model)
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
-    endpoint = f"{url.rstrip('/')}/api/tags" if protocol == "ollama" else f"{url.rstrip('/')}/models"
+    endpoint = (
+        f"{url.rstrip('/')}/api/tags" if protocol == "ollama" else f"{url.rstrip('/')}/models"
+    )
     try:
         response = await client.get(endpoint, headers=headers)
         response.raise_for_status()

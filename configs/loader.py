@@ -205,7 +205,9 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
             model_origin.append((origin, index))
     if not model_origin and not problems:
         where = origins[0].document if len(origins) == 1 else None
-        problem = ConfigProblem(source, "models", "no models: add a `models` list with at least one")
+        problem = ConfigProblem(
+            source, "models", "no models: add a `models` list with at least one"
+        )
         problems.append(where.problem(("models",), problem.message) if where else problem)
 
     problems.extend(_duplicate_names(merged["models"], model_origin))
@@ -214,7 +216,9 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
         config = ModelyardConfig.model_validate(merged, context={"cross_checked": True})
     except ValidationError as exc:
         for error in exc.errors():
-            problems.append(_problem_from_error(error, origins, model_origin))
+            if not model_origin and tuple(error["loc"]) == ("models",):
+                continue  # already reported as "no models"
+            problems.append(_problem_from_error(error, origins, model_origin, merged))
         config = None
     if problems:
         raise ConfigError(sorted(problems, key=_reading_order))
@@ -275,11 +279,16 @@ def _interpolate(value: Any, loc: Loc, document: _Document, problems: list[Confi
 
 
 def _problem_from_error(
-    error: Any, origins: list[_Origin], model_origin: list[tuple[_Origin, int]]
+    error: Any,
+    origins: list[_Origin],
+    model_origin: list[tuple[_Origin, int]],
+    merged: dict[str, Any],
 ) -> ConfigProblem:
     loc: Loc = tuple(error["loc"])
     document = origins[0].document
     if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        if len(loc) == 4 and loc[2] == "roles":
+            loc = (*loc[:3], _raw_role_index(merged["models"][loc[1]], error.get("input"), loc[3]))
         if loc[1] < len(model_origin):
             origin, index = model_origin[loc[1]]
             document = origin.document
@@ -287,6 +296,14 @@ def _problem_from_error(
     elif len(origins) > 1 and loc:
         document = next((o.document for o in origins if loc[0] in o.document.data), document)
     return document.problem(_strip_key_marker(loc), _message_for(error, loc))
+
+
+def _raw_role_index(entry: Any, value: Any, index: str | int) -> str | int:
+    """Return a bad role's index in the list as written (`chatcompletions` expands it)."""
+    roles = entry.get("roles") if isinstance(entry, dict) else None
+    if isinstance(roles, list) and value in roles:
+        return roles.index(value)
+    return index
 
 
 def _reading_order(problem: ConfigProblem) -> tuple[str, int, int]:
@@ -313,6 +330,8 @@ def _message_for(error: Any, loc: Loc) -> str:
         return _unknown("field", loc[-1], _fields_at(loc[:-1]))
     if kind == "missing":
         return "required field is missing"
+    if "capabilities" in loc and kind in ("less_than_equal", "greater_than_equal"):
+        return f"capability {loc[-1]} is {value}; expected a score from 0.0 to 1.0"
     message = error["msg"].removeprefix("Value error, ")
     if secret or kind in {"missing_provider", "unknown_provider", "capability_range"}:
         return message

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import threading
 import weakref
 from collections.abc import Mapping
@@ -46,7 +47,9 @@ _NO_KEY = "not-needed"
 class ModelRegistry:
     """The configured models, and the chat-model clients that call them."""
 
-    def __init__(self, config: Config, *, clients: Mapping[str, ChatRunnable] | None = None) -> None:
+    def __init__(
+        self, config: Config, *, clients: Mapping[str, ChatRunnable] | None = None
+    ) -> None:
         """Check that every model can get a client, then hold the config.
 
         Args:
@@ -103,7 +106,7 @@ class ModelRegistry:
         options = model.options
         if overrides:
             options = GenerationOptions.model_validate({**options.set_values(), **overrides})
-        key = (name, tuple(sorted(options.set_values().items(), key=lambda kv: kv[0])))
+        key = (name, json.dumps(options.set_values(), sort_keys=True))
         cache = self._cache_for_current_loop()
         with self._lock:
             client = cache.get(key)
@@ -152,7 +155,7 @@ class ModelRegistry:
             "stream_usage": True,
             **native,
         }
-        if model.is_local_openai_compatible:
+        if self.config.is_local_openai_server(model):
             kwargs["use_responses_api"] = False
             if extra:
                 kwargs["extra_body"] = extra
@@ -180,7 +183,7 @@ class ModelRegistry:
 
     def _check(self, index: int, model: ModelConfig) -> list[ConfigProblem]:
         problems = []
-        if model.protocol == "openai" and not model.is_local_openai_compatible:
+        if model.protocol == "openai" and not self.config.is_local_openai_server(model):
             for option in sorted(set(model.options.set_values()) - OPENAI_NATIVE_OPTIONS):
                 problems.append(
                     ConfigProblem(
@@ -191,8 +194,10 @@ class ModelRegistry:
                     )
                 )
         package = _PROVIDER_PACKAGES.get(model.provider)
-        if model.protocol == "init_chat_model" and package and not importlib.util.find_spec(
-            package
+        if (
+            model.protocol == "init_chat_model"
+            and package
+            and not importlib.util.find_spec(package)
         ):
             problems.append(
                 ConfigProblem(

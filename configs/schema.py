@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,7 @@ INIT_CHAT_MODEL_PROVIDERS = frozenset(
 )  # fmt: skip
 KNOWN_PROVIDERS = frozenset({"ollama", "openai", *OPENAI_COMPATIBLE, *INIT_CHAT_MODEL_PROVIDERS})
 DEFAULT_OLLAMA_URL = "http://localhost:11434"
+OPENAI_API_URL = "https://api.openai.com/v1"
 MAIN_ROLE_ALL = "chatcompletions"
 POST_ROLE = "postcompletions"
 
@@ -145,7 +146,9 @@ class ModelConfig(_Strict):
     """Task types this model serves as a main step."""
     post_completions: list[PostCompletion] = Field(default_factory=list)
     """Steps this model runs after the main completion."""
-    capabilities: dict[TaskType, float] = Field(default_factory=dict)
+    capabilities: dict[TaskType, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict
+    )
     """How good the model is at each task type, 0.0 to 1.0 (missing: 0.5)."""
     cost: Cost = Field(default_factory=Cost)
     context_window: int = Field(default=4096, ge=256)
@@ -189,18 +192,6 @@ class ModelConfig(_Strict):
             {"provider": value, "known": ", ".join(sorted(KNOWN_PROVIDERS))},
         )
 
-    @field_validator("capabilities")
-    @classmethod
-    def _scores_in_range(cls, value: dict[TaskType, float]) -> dict[TaskType, float]:
-        for task_type, score in value.items():
-            if not 0.0 <= score <= 1.0:
-                raise PydanticCustomError(
-                    "capability_range",
-                    "capability {task_type} is {score}; expected a score from 0.0 to 1.0",
-                    {"task_type": task_type.value, "score": score},
-                )
-        return value
-
     @property
     def protocol(self) -> Literal["ollama", "openai", "init_chat_model"]:
         """Return which client family talks to this model."""
@@ -209,13 +200,6 @@ class ModelConfig(_Strict):
         if self.provider == "openai" or self.provider in OPENAI_COMPATIBLE:
             return "openai"
         return "init_chat_model"
-
-    @property
-    def is_local_openai_compatible(self) -> bool:
-        """Whether this is an OpenAI-compatible server other than OpenAI's own."""
-        return self.protocol == "openai" and (
-            self.provider != "openai" or self.base_url is not None
-        )
 
     @property
     def reference(self) -> str:
@@ -376,8 +360,12 @@ class ModelyardConfig(_Strict):
         if model.provider in OPENAI_COMPATIBLE:
             return OPENAI_COMPATIBLE[model.provider]
         if model.provider == "openai":
-            return "https://api.openai.com/v1"
+            return OPENAI_API_URL
         return None
+
+    def is_local_openai_server(self, model: ModelConfig) -> bool:
+        """Whether a model talks the OpenAI protocol to a server other than OpenAI's own."""
+        return model.protocol == "openai" and self.base_url_for(model) != OPENAI_API_URL
 
     def api_key_for(self, model: ModelConfig) -> SecretStr | None:
         """Return the API key for a model, from its entry or its provider's settings."""

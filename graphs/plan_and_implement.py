@@ -29,9 +29,7 @@ def build_plan_and_implement_graph(
     builder.add_node(
         "plan", work_node(Step.PLAN, final=False), retry_policy=policy, error_handler=record_failure
     )
-    builder.add_node(
-        "select_coder", select_model_for(Step.IMPLEMENT), error_handler=record_failure
-    )
+    builder.add_node("select_coder", select_model_for(Step.IMPLEMENT), error_handler=record_failure)
     builder.add_node(
         "implement",
         work_node(Step.IMPLEMENT, final=True),

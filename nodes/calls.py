@@ -15,8 +15,14 @@ from langchain_core.runnables import RunnableConfig
 from modelyard.configs import ModelConfig, ModelRegistry
 from modelyard.state import ModelCall, ModelCallError, ModelErrorKind
 
-_OVERFLOW_WORDS = ("context length", "context window", "maximum context", "too many tokens",
-                   "context_length_exceeded", "prompt is too long")  # fmt: skip
+_OVERFLOW_WORDS = (
+    "context length",
+    "context window",
+    "maximum context",
+    "too many tokens",
+    "context_length_exceeded",
+    "prompt is too long",
+)
 
 
 async def call_model(
@@ -45,9 +51,11 @@ async def call_model(
         if model.supports.streaming:
             answer: AIMessageChunk | None = None
             async for chunk in client.astream(list(messages), config):
+                if not isinstance(chunk, AIMessageChunk):
+                    continue
                 if first_token is None and chunk.content:
                     first_token = time.perf_counter()
-                answer = chunk if answer is None else answer + chunk  # type: ignore[assignment]
+                answer = chunk if answer is None else answer + chunk
             if answer is None:
                 raise ModelCallError(
                     ModelErrorKind.MALFORMED_RESPONSE,
@@ -79,7 +87,7 @@ async def call_model(
             detail=f"expected text, got {type(message.content).__name__} content",
         )
     latency_ms = (time.perf_counter() - started) * 1000
-    usage = message.usage_metadata or {}
+    usage: dict[str, Any] = dict(message.usage_metadata or {})
     input_tokens = int(usage.get("input_tokens", 0))
     output_tokens = int(usage.get("output_tokens", 0))
     record = ModelCall(
@@ -117,8 +125,9 @@ def translate_error(exc: BaseException, model: ModelConfig, url: str) -> ModelCa
         headers = response.headers if isinstance(response, httpx.Response) else None
         return _from_status(error, exc.status_code, exc.error, headers)
     if isinstance(exc, httpx.HTTPStatusError):
-        return _from_status(error, exc.response.status_code, exc.response.text[:300],
-                            exc.response.headers)  # fmt: skip
+        return _from_status(
+            error, exc.response.status_code, exc.response.text[:300], exc.response.headers
+        )
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
         return error(ModelErrorKind.CONNECTION, f"the connection dropped mid-answer ({exc})")
     if isinstance(exc, openai.APIConnectionError | httpx.ConnectError | ConnectionError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal
 
 from langgraph.errors import NodeError
-from langgraph.graph import END
 from langgraph.types import Command
 
 from modelyard.state import ModelCallError, ModelyardError, TaskEvent, TaskState, TaskStatus
@@ -31,7 +30,7 @@ async def record_failure(state: TaskState, error: NodeError) -> Command[Literal[
         data=record,
     )
     return Command(
-        goto=END,
+        goto="__end__",
         update={
             "status": TaskStatus.FAILED,
             "error": record,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from langgraph.runtime import Runtime
 
@@ -11,7 +10,11 @@ from modelyard.nodes.context import Context
 from modelyard.routers import estimate_tokens, select_model, task_type_for_step
 from modelyard.state import Requirements, Step, TaskEvent, TaskState
 
-SelectNode = Callable[[TaskState, Runtime[Context]], Awaitable[dict[str, Any]]]
+
+class SelectNode(Protocol):
+    """A node that selects the model for one step."""
+
+    async def __call__(self, state: TaskState, runtime: Runtime[Context]) -> dict[str, Any]: ...
 
 
 def select_model_for(step: Step) -> SelectNode:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
-from modelyard.configs.prompts import render_prompt
+from modelyard.configs.templates import render_prompt
 from modelyard.nodes.calls import call_model
 from modelyard.nodes.context import Context
 from modelyard.state import Step, TaskContext, TaskEvent, TaskState, TaskStatus
 from modelyard.state.task import utcnow
 
-WorkNode = Callable[[TaskState, RunnableConfig, Runtime[Context]], Awaitable[dict[str, Any]]]
+
+class WorkNode(Protocol):
+    """A node that runs one step on its selected model."""
+
+    async def __call__(self, state: TaskState, runtime: Runtime[Context]) -> dict[str, Any]: ...
+
 
 #: The state key each step writes its text to.
 OUTPUT_KEYS = {Step.ANSWER: "result", Step.PLAN: "plan", Step.IMPLEMENT: "implementation"}
@@ -29,9 +34,7 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
         final: Whether this step's text is the task's result, ending the task.
     """
 
-    async def work(
-        state: TaskState, config: RunnableConfig, runtime: Runtime[Context]
-    ) -> dict[str, Any]:
+    async def work(state: TaskState, runtime: Runtime[Context]) -> dict[str, Any]:
         registry = runtime.context.models()
         selection = state["selections"][step.value]
         model = registry.get(selection.model)
@@ -47,7 +50,7 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
             messages,
             step=step.value,
             overrides=task_context.options,
-            config=_tagged(config, state, step, model.name, attempt),
+            config=_tagged(get_config(), state, step, model.name, attempt),
             attempt=attempt,
         )
         retried = f" after {attempt} attempts" if attempt > 1 else ""

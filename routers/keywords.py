@@ -34,8 +34,7 @@ RULES: list[_Rule] = [
             r"\bstrateg(y|ies)\b": 1.0,
             r"\bhow (should|would|do) (i|we) (structure|organi[sz]e|approach|architect|split)": 2.5,
             r"\b(what|which) steps\b|\bsteps (to|for)\b|\bstep[- ]by[- ]step\b": 1.5,
-            r"\b(outline|break (it|this|that|the work) down|break down|high[- ]level|sequence it)\b":
-                1.5,
+            r"\b(outline|break (it|this|that|the work) down|break down|high[- ]level|sequence it)\b": 1.5,
             r"\b(trade-?offs?|pros and cons)\b": 0.8,
             r"\b(not|no|before)\b[^.?!]{0,40}\b(any )?(code|coding)\b": 2.0,
         },
@@ -51,8 +50,7 @@ RULES: list[_Rule] = [
             r"(to|into|in|so|using)\b": 2.5,
             r"\badd (a |an )?(method|function|endpoint|test|flag|option|field|column)\b": 2.5,
             r"\b(unit tests?|test cases?|type hints|docstrings)\b": 1.0,
-            r"\bin (python|rust|go|java|javascript|typescript|c\+\+|c#|kotlin|swift|sql|bash)\b":
-                0.8,
+            r"\bin (python|rust|go|java|javascript|typescript|c\+\+|c#|kotlin|swift|sql|bash)\b": 0.8,
             r"^\s*(python|rust|go|java|javascript|typescript|swift|kotlin|sql|bash)\s*:": 2.0,
             r"\b(script|query|dockerfile|workflow|playbook|middleware|helm chart|terraform "
             r"module|function|snippet|one-liner|regex|sql|migration file|crate)\b": 1.0,
@@ -95,8 +93,7 @@ RULES: list[_Rule] = [
             r"\bexplain|\beli5\b": 3.0,
             r"\bwhat('s| is| are) (a |an |the )?(point|purpose|difference|meaning|idea)\b": 2.5,
             r"\bdifference between\b|\bvs\.?\b|\bversus\b": 1.5,
-            r"\bhow (does|do|is|are)\b[^?]{0,60}\b(work|works|implemented|handled|differ)\b":
-                2.5,
+            r"\bhow (does|do|is|are)\b[^?]{0,60}\b(work|works|implemented|handled|differ)\b": 2.5,
             r"\bwhat (is|are|does) \w+": 1.5,
             r"\bhow (does|do)\b": 1.5,
             r"\bexplic|\bunder the hood\b|\bwhy (does|do|is|can'?t)\b": 1.2,

@@ -32,9 +32,7 @@ def task_type_for_step(step: Step, task_type: TaskType | None) -> TaskType:
     return STEP_TASK_TYPES.get(step, task_type or TaskType.GENERAL)
 
 
-def why_not(
-    model: ModelConfig, requirements: Requirements, prompt_tokens: int
-) -> str | None:
+def why_not(model: ModelConfig, requirements: Requirements, prompt_tokens: int) -> str | None:
     """Return why a model cannot take the task, or None when it can."""
     if prompt_tokens >= model.context_window:
         return (
@@ -42,10 +40,7 @@ def why_not(
             f"{model.context_window}-token context window"
         )
     if requirements.min_context_length and model.context_window < requirements.min_context_length:
-        return (
-            f"context window {model.context_window} < required "
-            f"{requirements.min_context_length}"
-        )
+        return f"context window {model.context_window} < required {requirements.min_context_length}"
     if requirements.target_provider and model.provider != requirements.target_provider:
         return f"provider {model.provider}, not {requirements.target_provider}"
     if requirements.needs_streaming and not model.supports.streaming:

@@ -155,8 +155,10 @@ class ModelCallError(ModelyardError):
         }
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_model_call_error, (self.as_record() | {"detail": self.detail,
-                                                                 "hint": self.hint},))
+        return (
+            _rebuild_model_call_error,
+            (self.as_record() | {"detail": self.detail, "hint": self.hint},),
+        )
 
 
 def _rebuild_model_call_error(record: dict[str, Any]) -> ModelCallError:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import operator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired
 
 from pydantic import BaseModel, Field
-from typing_extensions import NotRequired, TypedDict
+from typing_extensions import TypedDict
 
 from modelyard.state.task import Requirements, TaskContext, TaskEvent
 from modelyard.state.types import Classification, TaskStatus, TaskType

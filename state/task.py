@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from modelyard.state.types import Priority, TaskStatus, TaskType
+
+if TYPE_CHECKING:
+    from modelyard.state.graph_state import TaskInput
 
 
 def utcnow() -> datetime:
@@ -97,9 +100,9 @@ class Task(BaseModel):
     history: list[TaskEvent] = Field(default_factory=list)
     """Every event, in order."""
 
-    def to_input(self) -> dict[str, Any]:
+    def to_input(self) -> TaskInput:
         """Return the graph input that runs this task."""
-        payload: dict[str, Any] = {
+        payload: TaskInput = {
             "task_id": self.id,
             "prompt": self.prompt,
             "priority": self.priority,

@@ -48,7 +48,7 @@ class ScriptedChatModel(GenericFakeChatModel):
     def _llm_type(self) -> str:
         return "scripted-chat-model"
 
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:  # type: ignore[override]
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
         """Return this model unchanged: scripted answers ignore tools."""
         return self
 

@@ -873,7 +873,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
-    signal.signal(signal.SIGTERM, _interrupt)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: shells may start us ignoring it
+        signal.signal(signum, _interrupt)
     models = ", ".join(server.models)
     print(
         f"modelyard local protocol server (Ollama + OpenAI-compatible) on {server.url}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -695,7 +696,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_command_line_server_starts_answers_and_stops() -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_command_line_server_starts_answers_and_stops(stop_signal: signal.Signals) -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "modelyard.testing.server", "--port", str(port), "--model", "x:1b"],
@@ -711,7 +713,7 @@ def test_command_line_server_starts_answers_and_stops() -> None:
         models = httpx.get(f"http://127.0.0.1:{port}/api/tags", timeout=5).json()["models"]
         assert [m["name"] for m in models] == ["x:1b"]
     finally:
-        process.terminate()
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=10)
     assert process.returncode == 0
     assert "Traceback" not in stderr
