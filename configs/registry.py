@@ -136,6 +136,7 @@ class ModelRegistry:
             model=model.model,
             base_url=self.config.base_url_for(model),
             client_kwargs={"timeout": model.timeout},
+            disable_streaming=not model.supports.streaming,
         )
         # ChatOllama has no field for several Ollama options (min_p, typical_p, penalties,
         # num_keep, ...); a bound `options` object carries all of them.
@@ -153,6 +154,7 @@ class ModelRegistry:
             "timeout": model.timeout,
             "max_retries": 0,
             "stream_usage": True,
+            "disable_streaming": not model.supports.streaming,
             **native,
         }
         if self.config.is_local_openai_server(model):

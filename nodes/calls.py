@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler, Callbacks
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
 from modelyard.configs import ModelConfig, ModelRegistry
@@ -37,8 +38,8 @@ async def call_model(
 ) -> tuple[AIMessage, ModelCall]:
     """Call model `name` with `messages`; return its answer and a record of the call.
 
-    Streams when the model supports it, so `stream_mode="messages"` shows tokens as they come
-    and the record has the time to the first token.
+    When the run streams tokens (`stream_mode="messages"`) the model streams, and the record
+    has the time to the first token.
 
     Raises:
         ModelCallError: whatever failed, with its kind, the model and the URL.
@@ -46,32 +47,12 @@ async def call_model(
     model = registry.get(name)
     client = registry.chat_model(name, overrides)
     started = time.perf_counter()
-    first_token: float | None = None
+    first_token = _FirstToken()
+    config = {**(config or {})}
+    config["callbacks"] = _with_handler(config.get("callbacks"), first_token)
     try:
-        if model.supports.streaming:
-            answer: AIMessageChunk | None = None
-            async for chunk in client.astream(list(messages), config):
-                if not isinstance(chunk, AIMessageChunk):
-                    continue
-                if first_token is None and chunk.content:
-                    first_token = time.perf_counter()
-                answer = chunk if answer is None else answer + chunk
-            if answer is None:
-                raise ModelCallError(
-                    ModelErrorKind.MALFORMED_RESPONSE,
-                    model=name,
-                    url=registry.base_url(name),
-                    detail="the stream ended without a message",
-                )
-            message = AIMessage(
-                content=answer.content,
-                usage_metadata=answer.usage_metadata,
-                response_metadata=answer.response_metadata,
-                id=answer.id,
-            )
-        else:
-            reply = await client.ainvoke(list(messages), config)
-            message = reply if isinstance(reply, AIMessage) else AIMessage(content=reply.content)
+        # ainvoke streams by itself when the run streams tokens (stream_mode="messages").
+        reply = await client.ainvoke(list(messages), config)
     except ModelCallError:
         raise
     except Exception as exc:
@@ -79,6 +60,7 @@ async def call_model(
         if error is None:
             raise
         raise error from exc
+    message = reply if isinstance(reply, AIMessage) else AIMessage(content=reply.content)
     if not isinstance(message.content, str):
         raise ModelCallError(
             ModelErrorKind.MALFORMED_RESPONSE,
@@ -95,7 +77,7 @@ async def call_model(
         model=name,
         provider=model.provider,
         latency_ms=round(latency_ms, 2),
-        first_token_ms=round((first_token - started) * 1000, 2) if first_token else None,
+        first_token_ms=round((first_token.at - started) * 1000, 2) if first_token.at else None,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cost=model.cost.of(input_tokens, output_tokens),
@@ -103,6 +85,28 @@ async def call_model(
         prompt=[{"role": m.type, "content": str(m.content)} for m in messages],
     )
     return message, record
+
+
+class _FirstToken(AsyncCallbackHandler):
+    """Notes when the first token of a streamed answer arrives."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+        if self.at is None and token:
+            self.at = time.perf_counter()
+
+
+def _with_handler(callbacks: Callbacks, handler: BaseCallbackHandler) -> Callbacks:
+    """Return `callbacks` with `handler` added, whatever form they came in."""
+    if callbacks is None:
+        return [handler]
+    if isinstance(callbacks, list):
+        return [*callbacks, handler]
+    manager = callbacks.copy()
+    manager.add_handler(handler, inherit=False)
+    return manager
 
 
 def translate_error(exc: BaseException, model: ModelConfig, url: str) -> ModelCallError | None:

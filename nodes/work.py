@@ -59,7 +59,12 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
             step=step.value,
             model=model.name,
             detail=f"{model.name} answered in {call.latency_ms:.0f} ms{retried}",
-            data=call.model_dump(exclude={"prompt"}) | {"prompt": call.prompt},
+            data={
+                "latency_ms": call.latency_ms,
+                "input_tokens": call.input_tokens,
+                "output_tokens": call.output_tokens,
+                "attempts": attempt,
+            },
         )
         update: dict[str, Any] = {
             OUTPUT_KEYS[step]: message.content,

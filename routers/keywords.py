@@ -19,7 +19,8 @@ class _Rule:
 
 
 def _rules(task_type: TaskType, weighted: dict[str, float]) -> list[_Rule]:
-    return [_Rule(task_type, re.compile(p, re.IGNORECASE), w) for p, w in weighted.items()]
+    # Prompts are lower-cased once before matching: much faster than re.IGNORECASE.
+    return [_Rule(task_type, re.compile(p), w) for p, w in weighted.items()]
 
 
 RULES: list[_Rule] = [
@@ -134,7 +135,7 @@ DOMAIN = re.compile(
     r"devops|infra\w*|container|serverless|lambda|tenant\w*|billing engine|module|"
     r"refactor\w*|codebase|software|engineer\w*|developer|programming|compute|computer|"
     r"\d+\s*[\^*/+=-]\s*\d+|[a-z_]+\(\))\b|[{};]\s*$|=>|->|::",
-    re.IGNORECASE | re.MULTILINE,
+    re.MULTILINE,
 )
 _CODE_BLOCK = re.compile(r"```|^( {4}|\t)\S|[;{}]\s*$", re.MULTILINE)
 
@@ -142,6 +143,7 @@ _CODE_BLOCK = re.compile(r"```|^( {4}|\t)\S|[;{}]\s*$", re.MULTILINE)
 def keyword_scores(prompt: str) -> dict[TaskType, float]:
     """Return each task type's keyword score for a prompt (later matches weigh more)."""
     scores = dict.fromkeys(TaskType, 0.0)
+    prompt = prompt.lower()
     length = max(len(prompt), 1)
     for rule in RULES:
         for match in rule.pattern.finditer(prompt):

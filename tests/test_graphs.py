@@ -293,9 +293,23 @@ async def test_calls_record_latency_tokens_and_the_prompt() -> None:
     state = await graph.ainvoke({"prompt": "Explain DNS"}, context=scripted_context())
     (call,) = state["calls"]
     assert call.model == "reasoner" and call.provider == "ollama"
-    assert call.latency_ms >= 0 and call.first_token_ms is not None
+    assert call.latency_ms >= 0
+    assert call.first_token_ms is None  # nothing streamed
     assert call.input_tokens > 0 and call.output_tokens > 0
     assert call.prompt[-1] == {"role": "human", "content": "Explain DNS"}
+
+
+async def test_a_streamed_call_records_the_time_to_the_first_token() -> None:
+    graph = build_route_graph(FAST).compile()
+    final: dict[str, Any] = {}
+    async for mode, chunk in graph.astream(
+        {"prompt": "Explain DNS"}, context=scripted_context(), stream_mode=["messages", "values"]
+    ):
+        if mode == "values":
+            final = chunk
+    (call,) = final["calls"]
+    assert call.first_token_ms is not None
+    assert 0 <= call.first_token_ms <= call.latency_ms
 
 
 async def test_arun_task_returns_a_finished_task() -> None:

@@ -74,7 +74,8 @@ async def test_generation_options_reach_the_server(
         assert body["temperature"] == 0.35 and body["top_p"] == 0.95
         assert body["frequency_penalty"] == 0.1 and body["presence_penalty"] == 0.1
         assert 4096 in (body.get("max_tokens"), body.get("max_completion_tokens"))
-    assert request.stream is True
+    # ChatOllama always streams over the wire; ChatOpenAI only when tokens are wanted.
+    assert request.stream is (protocol == "ollama")
     assert body["messages"][0]["role"] == "system"
 
 
@@ -115,6 +116,7 @@ async def test_tokens_stream_over_http_with_step_and_model(
         pieces.append(str(message.content))
     assert "".join(pieces) == reply
     assert len([p for p in pieces if p]) >= 3
+    assert [r.stream for r in chat_requests(server)] == [True]
 
 
 async def test_plan_then_implement_over_http(
