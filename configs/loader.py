@@ -287,10 +287,12 @@ def _problem_from_error(
     loc: Loc = tuple(error["loc"])
     document = origins[0].document
     if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        position = loc[1]
         if len(loc) == 4 and loc[2] == "roles":
-            loc = (*loc[:3], _raw_role_index(merged["models"][loc[1]], error.get("input"), loc[3]))
-        if loc[1] < len(model_origin):
-            origin, index = model_origin[loc[1]]
+            raw_index = _raw_role_index(merged["models"][position], error.get("input"), loc[3])
+            loc = (*loc[:3], raw_index)
+        if position < len(model_origin):
+            origin, index = model_origin[position]
             document = origin.document
             loc = ("models", index, *loc[2:])
     elif len(origins) > 1 and loc:

@@ -93,7 +93,7 @@ class _FirstToken(AsyncCallbackHandler):
     def __init__(self) -> None:
         self.at: float | None = None
 
-    async def on_llm_new_token(self, token: str, **kwargs: Any) -> None:
+    async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         if self.at is None and token:
             self.at = time.perf_counter()
 
