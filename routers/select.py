@@ -110,7 +110,7 @@ def select_model(
         reason += (
             f" and the best {task_type.value} capability ({scores[best.name]:.2f}; {others})"
             if others
-            else f" (capability {scores[best.name]:.2f})"
+            else f" (capability {scores[best.name]:.2f}; the only eligible model with it)"
         )
     else:
         reason = (
