@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PACKAGES := cli configs state routers nodes graphs testing
 PROMPT ?=
+export PROMPT
 
 .PHONY: setup run demo test lint typecheck pytest bench clean
 
@@ -22,7 +23,7 @@ run: setup
 ifeq ($(strip $(PROMPT)),)
 	$(BIN)/modelyard demo
 else
-	$(BIN)/modelyard run "$(PROMPT)"
+	$(BIN)/modelyard run "$$PROMPT"
 endif
 
 demo: setup

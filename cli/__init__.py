@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The `modelyard` command line."""

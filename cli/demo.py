@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 
 from modelyard.configs import ModelRegistry, load_config
@@ -88,16 +89,17 @@ async def _run_graphs(console: Console, config: Any, context: Context) -> None:
     for prompt in ROUTED_PROMPTS:
         state = await route.ainvoke({"prompt": prompt}, context=context)
         selection = state["selections"]["answer"]
-        console.rule(f"route: {prompt}")
+        console.rule(escape(f"route: {prompt}"))
         console.print(
             f"[cyan]task type[/cyan] {state['task_type'].value}  "
-            f"[cyan]model[/cyan] {selection.model}  [dim]{selection.reason}[/dim]"
+            f"[cyan]model[/cyan] {escape(selection.model)}  [dim]{escape(selection.reason)}[/dim]"
         )
         console.print(state["result"], markup=False)
     plan_graph = build_plan_and_implement_graph(config).compile()
     state = await plan_graph.ainvoke({"prompt": PLAN_PROMPT}, context=context)
-    console.rule(f"plan_and_implement: {PLAN_PROMPT}")
+    console.rule(escape(f"plan_and_implement: {PLAN_PROMPT}"))
     for step, key in (("plan", "plan"), ("implement", "implementation")):
         selection = state["selections"][step]
-        console.print(f"[cyan]{step}[/cyan] by {selection.model} [dim]{selection.reason}[/dim]")
+        model, reason = escape(selection.model), escape(selection.reason)
+        console.print(f"[cyan]{step}[/cyan] by {model} [dim]{reason}[/dim]")
         console.print(state[key], markup=False)

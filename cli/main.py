@@ -9,7 +9,9 @@ import time
 from typing import Annotated, Any
 
 import typer
+from langchain_core.messages import AIMessageChunk
 from rich.console import Console
+from rich.markup import escape
 
 from modelyard.cli.output import render_models, summary_line, task_json
 from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
@@ -87,15 +89,20 @@ def run(
         typer.echo(json.dumps(task_json(finished, state, elapsed_ms, plan=plan), indent=2))
     if finished.status is not TaskStatus.COMPLETED:
         message = (finished.error or {}).get("message", "the task did not complete")
-        err.print(f"[red]modelyard: error:[/red] {message}", soft_wrap=True)
+        err.print(f"[red]modelyard: error:[/red] {escape(message)}", soft_wrap=True)
         raise typer.Exit(1)
     if not as_json:
-        err.print(f"[dim]{summary_line(finished, state, elapsed_ms)}[/dim]", soft_wrap=True)
+        err.print(f"[dim]{escape(summary_line(finished, state, elapsed_ms))}[/dim]", soft_wrap=True)
 
 
 async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
-    """Print tokens as they arrive, under a heading per step; return the final state."""
-    current_step: str | None = None
+    """Print tokens as they arrive, under a heading per step; return the final state.
+
+    A retried step starts over: its heading says which attempt it is, so text from a failed
+    attempt is not mistaken for the answer.
+    """
+    current: tuple[str, int] | None = None
+    printed = False
     state: dict[str, Any] = {}
     async for mode, chunk in graph.astream(
         task.to_input(), context=context, stream_mode=["messages", "updates", "values"]
@@ -104,22 +111,32 @@ async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
             state = chunk
         elif mode == "updates":
             for update in chunk.values():
-                for event in (update or {}).get("history", []) if isinstance(update, dict) else []:
+                events = update.get("history", []) if isinstance(update, dict) else []
+                for event in events:
                     if event.kind == "selected":
-                        err.print(f"[cyan]→ {event.step}: {event.detail}[/cyan]", soft_wrap=True)
+                        err.print(f"[cyan]→ {escape(f'{event.step}: {event.detail}')}[/cyan]")
         elif mode == "messages":
             message, metadata = chunk
             step = metadata.get("modelyard_step")
             if step is None or not isinstance(message.content, str):
                 continue
-            if step != current_step:
-                if current_step is not None:
+            attempt = int(metadata.get("modelyard_attempt") or 1)
+            if (step, attempt) != current:
+                if printed:
                     sys.stdout.write("\n")
-                err.print(f"[bold]── {step} · {metadata.get('modelyard_model')} ──[/bold]")
-                current_step = step
+                    sys.stdout.flush()
+                retry = (
+                    f" · attempt {attempt}, the earlier output was discarded" if attempt > 1 else ""
+                )
+                model = metadata.get("modelyard_model")
+                err.print(f"[bold]── {escape(f'{step} · {model}{retry}')} ──[/bold]")
+                current, printed = (step, attempt), False
+            if not isinstance(message, AIMessageChunk) and printed:
+                continue  # the whole message after its streamed chunks: already shown
             sys.stdout.write(message.content)
             sys.stdout.flush()
-    if current_step is not None:
+            printed = printed or bool(message.content)
+    if printed:
         sys.stdout.write("\n")
         sys.stdout.flush()
     return state
@@ -171,7 +188,7 @@ def main() -> None:
         kind = "config error" if type(exc).__name__ == "ConfigError" else "error"
         lines = str(exc).splitlines() or [type(exc).__name__]
         for line in lines:
-            err.print(f"[red]modelyard: {kind}:[/red] {line}", soft_wrap=True)
+            err.print(f"[red]modelyard: {kind}:[/red] {escape(line)}", soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("[yellow]modelyard: interrupted[/yellow]")

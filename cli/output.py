@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard.configs import ModelyardConfig
@@ -68,7 +69,7 @@ def _mark(value: bool | None) -> str:
 
 def render_models(config: ModelyardConfig, availability: list[Availability]) -> Table:
     """Return the `modelyard models` table."""
-    table = Table(title=f"models in {config.source}")
+    table = Table(title=f"models in {escape(config.source)}")
     for column in ("name", "provider", "model", "roles", "url", "reachable", "available"):
         table.add_column(column)
     for model, status in zip(config.models, availability, strict=True):
@@ -76,13 +77,14 @@ def render_models(config: ModelyardConfig, availability: list[Availability]) -> 
         post = len(model.post_completions)
         if post:
             roles += f" (+{post} post-completion)"
+        detail = f" [dim]{escape(status.detail)}[/dim]" if status.detail else ""
         table.add_row(
-            model.name,
+            escape(model.name),
             model.provider,
-            model.model,
+            escape(model.model),
             roles,
-            status.url or "-",
-            _mark(status.reachable) + (f" [dim]{status.detail}[/dim]" if status.detail else ""),
+            escape(status.url or "-"),
+            _mark(status.reachable) + detail,
             _mark(status.available),
         )
     return table

@@ -81,9 +81,10 @@ async def _list_models(
         return None, f"cannot reach {endpoint} ({type(exc).__name__})"
     except ValueError:
         return None, f"{endpoint} did not answer JSON"
-    if protocol == "ollama":
-        names = {str(m.get("name")) for m in payload.get("models", [])}
-        names |= {str(m.get("model")) for m in payload.get("models", [])}
-    else:
-        names = {str(m.get("id")) for m in payload.get("data", [])}
-    return names, ""
+    field_list = "models" if protocol == "ollama" else "data"
+    fields: tuple[str, ...] = ("name", "model") if protocol == "ollama" else ("id",)
+    listed = payload.get(field_list) if isinstance(payload, dict) else None
+    if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+        expected = f"a `{field_list}` list of objects"
+        return None, f"{endpoint} did not answer the expected JSON ({expected})"
+    return {str(m.get(field)) for m in listed for field in fields}, ""

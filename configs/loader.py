@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from modelyard.configs import schema
+from modelyard.configs.registry import client_problems
 from modelyard.configs.schema import KNOWN_PROVIDERS, ModelyardConfig
 from modelyard.state import ConfigError, ConfigProblem, TaskType
 
@@ -79,10 +80,14 @@ def load_config_text(text: str, *, name: str = "<string>") -> ModelyardConfig:
 class _Document:
     """A parsed YAML file: its data and where each field sits."""
 
-    def __init__(self, file: str, data: Any, positions: Positions) -> None:
+    def __init__(
+        self, file: str, data: Any, positions: Positions, problems: list[ConfigProblem]
+    ) -> None:
         self.file = file
         self.data = data
         self.positions = positions
+        self.problems = problems
+        """Problems found while parsing (a key written twice), reported with the rest."""
 
     def problem(self, loc: Loc, message: str) -> ConfigProblem:
         line, column = _position(self.positions, loc)
@@ -103,6 +108,9 @@ def _read_yaml(path: Path) -> _Document:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        message = f"not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+        raise ConfigError([ConfigProblem(str(path), "", message)]) from None
     return _parse_yaml(text, str(path))
 
 
@@ -122,15 +130,13 @@ def _parse_yaml(text: str, file: str) -> _Document:
     duplicates: list[ConfigProblem] = []
     if node is not None:
         _collect_positions(node, (), positions, duplicates, file)
-    if duplicates:
-        raise ConfigError(duplicates)
     if data is None:
         raise ConfigError([ConfigProblem(file, "", "the file is empty; expected a `models` list")])
     if not isinstance(data, dict):
         raise ConfigError(
             [ConfigProblem(file, "", "expected a mapping at the top (with a `models` list)", 1, 1)]
         )
-    return _Document(file, data, positions)
+    return _Document(file, data, positions, duplicates)
 
 
 def _collect_positions(
@@ -180,6 +186,8 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
     # For each merged model index: the file it came from and its index there.
     model_origin: list[tuple[_Origin, int]] = []
     for origin in origins:
+        problems.extend(origin.document.problems)
+        problems.extend(_literal_secrets(origin.document))
         data = _interpolate(origin.document.data, (), origin.document, problems)
         entries = data.pop("models", None)
         if origin.provider is not None:
@@ -220,10 +228,48 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
                 continue  # already reported as "no models"
             problems.append(_problem_from_error(error, origins, model_origin, merged))
         config = None
+    if config is not None:
+        for path, message in client_problems(config):
+            loc = _parse_path(path)
+            origin, index = model_origin[int(loc[1])]
+            problems.append(origin.document.problem(("models", index, *loc[2:]), message))
     if problems:
         raise ConfigError(sorted(problems, key=_reading_order))
     assert config is not None
     return config
+
+
+def _literal_secrets(document: _Document) -> Iterator[ConfigProblem]:
+    """Yield a problem for each API key written into the file instead of the environment."""
+
+    def walk(value: Any, loc: Loc) -> Iterator[ConfigProblem]:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                if key == "api_key" and isinstance(child, str) and not _ENV_PATTERN.search(child):
+                    yield document.problem(
+                        (*loc, key),
+                        "API keys are read from the environment, never from the file: write "
+                        "${YOUR_KEY_VARIABLE} and export it",
+                    )
+                else:
+                    yield from walk(child, (*loc, key))
+        elif isinstance(value, list):
+            for index, child in enumerate(value):
+                yield from walk(child, (*loc, index))
+
+    yield from walk(document.data, ())
+
+
+def _parse_path(path: str) -> Loc:
+    """Turn `models[1].options.top_k` back into ("models", 1, "options", "top_k")."""
+    loc: list[str | int] = []
+    for part in path.split("."):
+        name, _, rest = part.partition("[")
+        if name:
+            loc.append(name)
+        for index in filter(None, rest.replace("]", "").split("[")):
+            loc.append(int(index))
+    return tuple(loc)
 
 
 def _duplicate_names(
@@ -318,7 +364,7 @@ def _strip_key_marker(loc: Loc) -> Loc:
 
 def _message_for(error: Any, loc: Loc) -> str:
     kind, value = error["type"], error.get("input")
-    secret = any(part == "api_key" for part in loc)
+    secret = "api_key" in loc or (bool(loc) and loc[0] == "providers")
     if kind == "enum":
         if loc and loc[-1] == "[key]":
             return _unknown("task type", value, [t.value for t in TaskType])

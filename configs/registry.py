@@ -11,7 +11,6 @@ import asyncio
 import importlib.util
 import json
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,13 +62,14 @@ class ModelRegistry:
         self.config = config
         self._by_name = {model.name: model for model in config.models}
         self._lock = threading.Lock()
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Any]]
-        self._per_loop = weakref.WeakKeyDictionary()
-        self._no_loop: dict[Any, Any] = {}
+        # Clients per event loop; entries of loops that have closed are dropped.
+        self._per_loop: dict[asyncio.AbstractEventLoop, dict[Any, Any]] = {}
         self._clients = dict(clients or {})
         for name in self._clients:
             self.get(name, where="(in clients=)")
-        problems = [p for index, m in enumerate(config.models) for p in self._check(index, m)]
+        problems = [
+            ConfigProblem(config.source, path, message) for path, message in client_problems(config)
+        ]
         if problems:
             raise ConfigError(problems)
 
@@ -107,20 +107,18 @@ class ModelRegistry:
         if overrides:
             options = GenerationOptions.model_validate({**options.set_values(), **overrides})
         key = (name, json.dumps(options.set_values(), sort_keys=True))
-        cache = self._cache_for_current_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return self._build(model, options)  # no loop to tie a cached client to
         with self._lock:
+            for stale in [other for other in self._per_loop if other.is_closed()]:
+                del self._per_loop[stale]
+            cache = self._per_loop.setdefault(loop, {})
             client = cache.get(key)
             if client is None:
                 client = cache[key] = self._build(model, options)
         return client
-
-    def _cache_for_current_loop(self) -> dict[Any, Any]:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return self._no_loop
-        with self._lock:
-            return self._per_loop.setdefault(loop, {})
 
     def _build(self, model: ModelConfig, options: GenerationOptions) -> ChatRunnable:
         if model.protocol == "ollama":
@@ -139,25 +137,30 @@ class ModelRegistry:
             disable_streaming=not model.supports.streaming,
         )
         # ChatOllama has no field for several Ollama options (min_p, typical_p, penalties,
-        # num_keep, ...); a bound `options` object carries all of them.
-        return client.bind(options=options.ollama_options())
+        # num_keep, ...); a bound `options` object carries all of them. Without num_ctx,
+        # Ollama would cut prompts at its own small default window without saying so.
+        ollama_options = options.ollama_options()
+        ollama_options.setdefault("num_ctx", model.context_window)
+        return client.bind(options=ollama_options)
 
     def _openai(self, model: ModelConfig, options: GenerationOptions) -> ChatRunnable:
         from langchain_openai import ChatOpenAI
 
         native, extra = options.openai_params()
         key = self.config.api_key_for(model)
+        local = self.config.is_local_openai_server(model)
         kwargs: dict[str, Any] = {
             "model": model.model,
             "base_url": self.config.base_url_for(model),
-            "api_key": key if key is not None else _NO_KEY,
+            # Local servers need some key; OpenAI's own reads OPENAI_API_KEY when none is set.
+            "api_key": key if key is not None or not local else _NO_KEY,
             "timeout": model.timeout,
             "max_retries": 0,
             "stream_usage": True,
             "disable_streaming": not model.supports.streaming,
             **native,
         }
-        if self.config.is_local_openai_server(model):
+        if local:
             kwargs["use_responses_api"] = False
             if extra:
                 kwargs["extra_body"] = extra
@@ -171,42 +174,57 @@ class ModelRegistry:
         return ChatOpenAI(**kwargs)
 
     def _init_chat_model(self, model: ModelConfig, options: GenerationOptions) -> BaseChatModel:
-        from langchain.chat_models import init_chat_model
+        return build_init_chat_model(self.config, model, options)
 
-        kwargs: dict[str, Any] = {"timeout": model.timeout, "max_retries": 0}
-        kwargs.update(options.set_values())
-        key = self.config.api_key_for(model)
-        if key is not None:
-            kwargs["api_key"] = key
-        base_url = self.config.base_url_for(model)
-        if base_url:
-            kwargs["base_url"] = base_url
-        return init_chat_model(model.model, model_provider=model.provider, **kwargs)
 
-    def _check(self, index: int, model: ModelConfig) -> list[ConfigProblem]:
-        problems = []
-        if model.protocol == "openai" and not self.config.is_local_openai_server(model):
+def client_problems(config: Config) -> list[tuple[str, str]]:
+    """Return (field path, message) for each model that cannot get a working client."""
+    problems: list[tuple[str, str]] = []
+    for index, model in enumerate(config.models):
+        if model.protocol == "openai" and not config.is_local_openai_server(model):
             for option in sorted(set(model.options.set_values()) - OPENAI_NATIVE_OPTIONS):
                 problems.append(
-                    ConfigProblem(
-                        self.config.source,
+                    (
                         f"models[{index}].options.{option}",
                         f"OpenAI's API has no option {option!r}; remove it, or set base_url "
                         "to an OpenAI-compatible server that accepts it",
                     )
                 )
-        package = _PROVIDER_PACKAGES.get(model.provider)
-        if (
-            model.protocol == "init_chat_model"
-            and package
-            and not importlib.util.find_spec(package)
-        ):
-            problems.append(
-                ConfigProblem(
-                    self.config.source,
-                    f"models[{index}].provider",
-                    f"provider {model.provider!r} needs the package "
-                    f"{package.replace('_', '-')}; pip install it",
-                )
-            )
-        return problems
+        if model.protocol == "init_chat_model":
+            message = _init_chat_model_problem(config, model)
+            if message:
+                problems.append((f"models[{index}].model", message))
+    return problems
+
+
+def _init_chat_model_problem(config: Config, model: ModelConfig) -> str | None:
+    """Try to build an init_chat_model client; return why it cannot be built, if so."""
+    package = _PROVIDER_PACKAGES.get(model.provider)
+    if package and not importlib.util.find_spec(package):
+        install = package.replace("_", "-")
+        return f"provider {model.provider!r} needs the package {install}; pip install it"
+    try:
+        build_init_chat_model(config, model, model.options)
+    except ImportError as exc:
+        return f"provider {model.provider!r} needs a package that is not installed: {exc}"
+    except Exception as exc:  # the provider's own validation: missing key, bad option, ...
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"cannot build a {model.provider!r} client: {first_line}"
+    return None
+
+
+def build_init_chat_model(
+    config: Config, model: ModelConfig, options: GenerationOptions
+) -> BaseChatModel:
+    """Return an init_chat_model client with the model's timeout and no retries of its own."""
+    from langchain.chat_models import init_chat_model
+
+    kwargs: dict[str, Any] = {"timeout": model.timeout, "max_retries": 0}
+    kwargs.update(options.set_values())
+    key = config.api_key_for(model)
+    if key is not None:
+        kwargs["api_key"] = key
+    base_url = config.base_url_for(model)
+    if base_url:
+        kwargs["base_url"] = base_url
+    return init_chat_model(model.model, model_provider=model.provider, **kwargs)

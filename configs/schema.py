@@ -349,7 +349,13 @@ class ModelyardConfig(_Strict):
         return [m.name for m in self.models]
 
     def base_url_for(self, model: ModelConfig) -> str | None:
-        """Return the URL a model's requests go to."""
+        """Return the URL a model's requests go to (`host:port` gets `http://`, as Ollama does)."""
+        url = self._configured_url(model)
+        if url and "://" not in url:
+            url = f"http://{url}"
+        return url
+
+    def _configured_url(self, model: ModelConfig) -> str | None:
         if model.base_url:
             return model.base_url
         settings = self.providers.get(model.provider)

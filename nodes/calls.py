@@ -53,12 +53,14 @@ async def call_model(
     try:
         # ainvoke streams by itself when the run streams tokens (stream_mode="messages").
         reply = await client.ainvoke(list(messages), config)
-    except ModelCallError:
+    except ModelCallError as exc:
+        exc.attempts = attempt
         raise
     except Exception as exc:
         error = translate_error(exc, model, registry.base_url(name))
         if error is None:
             raise
+        error.attempts = attempt
         raise error from exc
     message = reply if isinstance(reply, AIMessage) else AIMessage(content=reply.content)
     if not isinstance(message.content, str):
@@ -132,8 +134,9 @@ def translate_error(exc: BaseException, model: ModelConfig, url: str) -> ModelCa
         return _from_status(
             error, exc.response.status_code, exc.response.text[:300], exc.response.headers
         )
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):
-        return error(ModelErrorKind.CONNECTION, f"the connection dropped mid-answer ({exc})")
+    dropped = _dropped_connection(exc)
+    if dropped is not None:
+        return error(ModelErrorKind.CONNECTION, f"the connection dropped mid-answer ({dropped})")
     if isinstance(exc, openai.APIConnectionError | httpx.ConnectError | ConnectionError):
         return error(ModelErrorKind.CONNECTION, "could not connect")
     if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
@@ -153,6 +156,9 @@ def _from_status(
         return error(ModelErrorKind.RATE_LIMITED, detail, status=status, retry_after=retry_after)
     if status in (401, 403):
         return error(ModelErrorKind.AUTH, detail, status=status)
+    if status < 100:
+        # An error line inside a 200 stream (Ollama reports status -1): the server failed.
+        return error(ModelErrorKind.SERVER_ERROR, detail, status=None)
     if status == 404:
         return error(ModelErrorKind.NOT_FOUND, detail, status=status)
     if any(word in lowered for word in _OVERFLOW_WORDS):
@@ -162,6 +168,22 @@ def _from_status(
     if status == 200:
         return error(ModelErrorKind.MALFORMED_RESPONSE, detail, status=status)
     return error(ModelErrorKind.BAD_REQUEST, detail, status=status)
+
+
+def _dropped_connection(exc: BaseException) -> BaseException | None:
+    """Return the error in `exc`'s causes that says a connection closed mid-answer."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        name = type(seen).__name__
+        module = type(seen).__module__.split(".")[0]
+        if module in ("httpx", "httpx2", "httpcore") and name in (
+            "RemoteProtocolError",
+            "ReadError",
+            "IncompleteRead",
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _retry_after(headers: httpx.Headers | Mapping[str, str] | None) -> float | None:

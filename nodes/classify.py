@@ -7,6 +7,7 @@ from typing import Any
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
+from modelyard.configs import GenerationOptions
 from modelyard.nodes.context import Context
 from modelyard.routers import classify_by_keywords
 from modelyard.state import (
@@ -50,6 +51,13 @@ async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str
         context = TaskContext.model_validate(state.get("context") or {})
     except ValidationError as exc:
         raise InvalidTaskError(f"the task's requirements or context are malformed: {exc}") from exc
+    try:
+        GenerationOptions.model_validate(context.options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidTaskError(f"the task's generation options are invalid ({problems})") from None
     event = TaskEvent(
         kind="classified",
         detail=f"{classification.task_type.value} by {classification.method} "

@@ -132,6 +132,8 @@ class ModelCallError(ModelyardError):
         self.hint = hint
         self.status = status
         self.retry_after = retry_after
+        self.attempts = 1
+        """Calls made to this model for the step when it gave up (set by the caller)."""
         status_text = f" (HTTP {status})" if status is not None else ""
         message = f"{self.kind.value}{status_text} from model {model!r} at {url}: {detail}"
         if hint:
@@ -151,6 +153,7 @@ class ModelCallError(ModelyardError):
             "url": self.url,
             "status": self.status,
             "retry_after": self.retry_after,
+            "attempts": self.attempts,
             "message": str(self),
         }
 
@@ -162,7 +165,7 @@ class ModelCallError(ModelyardError):
 
 
 def _rebuild_model_call_error(record: dict[str, Any]) -> ModelCallError:
-    return ModelCallError(
+    error = ModelCallError(
         ModelErrorKind(record["kind"]),
         model=record["model"],
         url=record["url"],
@@ -171,3 +174,5 @@ def _rebuild_model_call_error(record: dict[str, Any]) -> ModelCallError:
         status=record["status"],
         retry_after=record["retry_after"],
     )
+    error.attempts = record["attempts"]
+    return error

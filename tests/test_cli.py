@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
 
-from modelyard.testing.server import LocalModelServer
+from modelyard.testing.server import Fault, LocalModelServer
 
 pytestmark = pytest.mark.cli
 
@@ -229,3 +229,35 @@ def test_demo_runs_offline_and_says_so() -> None:
     assert "offline demonstration" in result.stdout
     assert "code_generation" in result.stdout and "explanation" in result.stdout
     assert "plan by reasoner" in result.stdout and "implement by coder" in result.stdout
+
+
+def test_a_retried_step_is_marked_and_its_answer_not_doubled(server: LocalModelServer) -> None:
+    reply = "one two three four five six seven eight"
+    server.script(REASONING_MODEL, [reply])
+    server.inject_fault(Fault.cut_stream(after_chunks=2), model=REASONING_MODEL, times=1)
+
+    result = modelyard("run", HASH_PROMPT, ollama=server.url)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == reply
+    assert result.stdout.count(reply) == 1
+    assert "attempt 2, the earlier output was discarded" in result.stderr
+    assert "attempts=2" in result.stderr.splitlines()[-1]
+
+
+def test_ollama_host_without_a_scheme_works_like_ollama_does(server: LocalModelServer) -> None:
+    host = server.url.removeprefix("http://")
+    rows = json.loads(modelyard("models", "--json", ollama=host).stdout)
+    assert {row["reachable"] for row in rows} == {True}
+    assert (
+        json.loads(modelyard("run", "--json", HASH_PROMPT, ollama=host).stdout)["model"]
+        == "reasoner"
+    )
+
+
+def test_markup_in_names_and_errors_is_printed_as_text(tmp_path: Path) -> None:
+    text = "models:\n  - name: '[/bold]coder'\n    model: ollama:x\n    roles: [cooking]\n"
+    result = modelyard("run", "--config", str(write_config(tmp_path, text)), "hi")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "unknown role 'cooking'" in result.stderr

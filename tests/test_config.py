@@ -757,12 +757,12 @@ def test_registry_rejects_ollama_options_for_official_openai(tmp_path: Path) -> 
             options: {temperature: 0.2, top_k: 40}
         """,
     )
-    config = load_config(path)
     with pytest.raises(ConfigError) as info:
-        ModelRegistry(config)
+        load_config(path)
     (problem,) = info.value.problems
     assert problem.file == str(path)
     assert problem.path == "models[0].options.top_k"
+    assert problem.line == 4  # found at load time, with its position
     assert "'top_k'" in problem.message
 
 
@@ -825,7 +825,8 @@ def test_registry_ollama_client_is_bound_with_every_option(tmp_path: Path) -> No
 def test_registry_builds_a_client_for_a_model_with_stop_words(tmp_path: Path) -> None:
     path = ollama_options_config(tmp_path, {"stop": ["</s>"]})
     client = ModelRegistry(load_config(path)).chat_model("a")
-    assert client.kwargs["options"] == {"stop": ["</s>"]}
+    # num_ctx follows the context window unless the config sets it.
+    assert client.kwargs["options"] == {"stop": ["</s>"], "num_ctx": 4096}
 
 
 def test_registry_default_reasoner_sends_max_tokens_as_num_predict() -> None:
@@ -858,17 +859,34 @@ def test_registry_openai_client_gets_the_key(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_registry_overrides_build_a_separate_client() -> None:
     registry = ModelRegistry(load_config("lmstudio"))
-    plain = registry.chat_model("coder")
-    hotter = registry.chat_model("coder", {"temperature": 1.1, "num_ctx": 2048})
+
+    async def clients() -> tuple[ChatOpenAI, ChatOpenAI, ChatOpenAI]:
+        plain = registry.chat_model("coder")
+        hotter = registry.chat_model("coder", {"temperature": 1.1, "num_ctx": 2048})
+        return plain, hotter, registry.chat_model("coder")
+
+    plain, hotter, plain_again = asyncio.run(clients())
     assert hotter is not plain
     assert hotter.temperature == 1.1
     assert hotter.extra_body == {"top_k": 40, "repeat_penalty": 1.1, "num_ctx": 2048}
-    assert registry.chat_model("coder") is plain
+    assert plain_again is plain
 
 
-def test_registry_reuses_a_client_outside_an_event_loop() -> None:
+def test_registry_builds_a_fresh_client_outside_an_event_loop() -> None:
+    # A client built outside a loop could be used in several; so none is cached there.
     registry = ModelRegistry(load_config("lmstudio"))
-    assert registry.chat_model("coder") is registry.chat_model("coder")
+    assert registry.chat_model("coder") is not registry.chat_model("coder")
+
+
+def test_registry_forgets_the_clients_of_closed_loops() -> None:
+    registry = ModelRegistry(load_config("lmstudio"))
+
+    async def build() -> None:
+        registry.chat_model("coder")
+
+    for _ in range(5):
+        asyncio.run(build())
+    assert len(registry._per_loop) == 1  # only the last loop's, until the next call
 
 
 def test_registry_builds_a_client_per_event_loop() -> None:
@@ -892,7 +910,8 @@ def test_registry_builds_a_client_per_event_loop() -> None:
 def test_registry_names_the_missing_provider_package(tmp_path: Path) -> None:
     path = write(tmp_path, "c.yaml", "models:\n  - model: anthropic:claude-3-5-haiku-latest\n")
     with pytest.raises(ConfigError) as info:
-        ModelRegistry(load_config(path))
+        load_config(path)
     (problem,) = info.value.problems
-    assert problem.path == "models[0].provider"
+    assert problem.path == "models[0].model"
+    assert problem.line == 2
     assert "langchain-anthropic" in problem.message

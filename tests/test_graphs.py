@@ -323,3 +323,23 @@ async def test_arun_task_returns_a_finished_task() -> None:
     assert done.finished_at >= done.started_at >= done.created_at
     assert done.attempts == 1
     assert [e.kind for e in done.history][-1] == "completed"
+
+
+async def test_failed_calls_count_as_attempts() -> None:
+    coder = ScriptedChatModel(replies=[call_error(ModelErrorKind.TIMEOUT)])
+    graph = build_route_graph(FAST).compile()
+    state = await graph.ainvoke(SORT, context=scripted_context(coder=coder))
+    assert state["status"] is TaskStatus.FAILED
+    assert state["attempts"] == FAST.retry.max_attempts == len(coder.calls)
+    assert state["error"]["attempts"] == FAST.retry.max_attempts
+
+
+async def test_invalid_per_task_options_fail_the_task_clearly() -> None:
+    coder = ScriptedChatModel(replies=["never"])
+    graph = build_route_graph(FAST).compile()
+    task = {**SORT, "context": {"options": {"temperature": 9, "temprature": 1}}}
+    state = await graph.ainvoke(task, context=scripted_context(coder=coder))
+    assert state["status"] is TaskStatus.FAILED
+    assert state["error"]["kind"] == "InvalidTaskError"
+    assert "temperature" in state["error"]["message"] and "temprature" in state["error"]["message"]
+    assert coder.calls == []

@@ -14,7 +14,7 @@ from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
 from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
 from modelyard.graphs import build_plan_and_implement_graph, build_route_graph
 from modelyard.nodes import Context
-from modelyard.state import TaskContext, TaskStatus
+from modelyard.state import ConfigError, TaskContext, TaskStatus
 from modelyard.testing.server import Fault, LocalModelServer
 
 pytestmark = pytest.mark.protocol
@@ -69,6 +69,7 @@ async def test_generation_options_reach_the_server(
         assert body["options"] == {
             "temperature": 0.35, "top_p": 0.95, "frequency_penalty": 0.1,
             "presence_penalty": 0.1, "num_predict": 4096,
+            "num_ctx": 16384,  # the context window, so Ollama does not cut the prompt
         }  # fmt: skip
     else:
         assert body["temperature"] == 0.35 and body["top_p"] == 0.95
@@ -263,13 +264,32 @@ async def test_concurrent_tasks_share_the_clients(
     assert len(chat_requests(server)) == 10
 
 
-async def test_api_keys_never_reach_the_state(tmp_path: Path, server: LocalModelServer) -> None:
+async def test_api_keys_never_reach_the_state_or_errors(
+    tmp_path: Path, server: LocalModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_TEST_KEY", "sk-very-secret-123")
     text = config_text(server.url, protocol="openai").replace(
-        "    timeout:", "    api_key: sk-very-secret-123\n    timeout:", 1
+        "    timeout:", "    api_key: ${MODELYARD_TEST_KEY}\n    timeout:", 1
     )
     config = load_config(write_config(tmp_path, text))
-    state = await run(config, {"prompt": HASH_PROMPT})
-    assert state["status"] is TaskStatus.COMPLETED
-    assert "sk-very-secret-123" not in repr(state)
-    assert "sk-very-secret-123" not in repr(config)
-    assert "sk-very-secret-123" not in config.model_dump_json()
+    assert config.models[0].api_key is not None
+    assert config.models[0].api_key.get_secret_value() == "sk-very-secret-123"
+    server.inject_fault(Fault.status_code(401), model=REASONING_MODEL, times=1)
+    failed = await run(config, {"prompt": HASH_PROMPT})
+    answered = await run(config, {"prompt": HASH_PROMPT})
+    assert failed["error"]["kind"] == "auth"
+    assert answered["status"] is TaskStatus.COMPLETED
+    for text_seen in (repr(failed), repr(answered), repr(config), config.model_dump_json()):
+        assert "sk-very-secret-123" not in text_seen
+
+
+async def test_a_key_written_into_the_file_is_refused(
+    tmp_path: Path, server: LocalModelServer
+) -> None:
+    text = config_text(server.url, protocol="openai").replace(
+        "    timeout:", "    api_key: sk-literal-456\n    timeout:", 1
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, text))
+    assert "never from the file" in str(info.value)
+    assert "sk-literal-456" not in str(info.value)
