@@ -16,12 +16,16 @@ def _calls(state: dict[str, Any]) -> list[ModelCall]:
     return list(state.get("calls", []))
 
 
+def _tokens(calls: list[ModelCall]) -> tuple[int, int]:
+    """Return the input and output tokens of all calls."""
+    return sum(c.input_tokens for c in calls), sum(c.output_tokens for c in calls)
+
+
 def summary_line(task: Task, state: dict[str, Any], elapsed_ms: float) -> str:
     """Return the one-line summary: task type, model(s), latency, tokens."""
     calls = _calls(state)
     models = " → ".join(f"{c.step}:{c.model}" for c in calls) or task.assigned_model or "-"
-    tokens_in = sum(c.input_tokens for c in calls)
-    tokens_out = sum(c.output_tokens for c in calls)
+    tokens_in, tokens_out = _tokens(calls)
     task_type = task.task_type.value if task.task_type else "-"
     return (
         f"task_type={task_type} model={models} latency={elapsed_ms:.0f}ms "
@@ -34,6 +38,7 @@ def task_json(
 ) -> dict[str, Any]:
     """Return the `--json` object for a finished task."""
     calls = _calls(state)
+    tokens_in, tokens_out = _tokens(calls)
     classification = state.get("classification")
     selections = state.get("selections", {})
     payload: dict[str, Any] = {
@@ -48,10 +53,7 @@ def task_json(
         "content": task.result,
         "latency_ms": round(elapsed_ms, 1),
         "attempts": task.attempts,
-        "tokens": {
-            "input": sum(c.input_tokens for c in calls),
-            "output": sum(c.output_tokens for c in calls),
-        },
+        "tokens": {"input": tokens_in, "output": tokens_out},
         "cost": sum(c.cost for c in calls),
         "calls": [c.model_dump(mode="json", exclude={"prompt"}) for c in calls],
         "error": task.error,

@@ -26,14 +26,13 @@ class Availability:
 async def check_models(config: ModelyardConfig, *, timeout: float = 3.0) -> list[Availability]:
     """Return each model's availability, asking each server once."""
     listings: dict[tuple[str, str], asyncio.Task[tuple[set[str] | None, str]]] = {}
+    keys = [_listing_key(config, model) for model in config.models]
     async with httpx.AsyncClient(timeout=timeout) as client:
-        for model in config.models:
-            key = _listing_key(config, model)
+        for model, key in zip(config.models, keys, strict=True):
             if key is not None and key not in listings:
                 listings[key] = asyncio.create_task(_list_models(client, config, model, key))
         results = []
-        for model in config.models:
-            key = _listing_key(config, model)
+        for model, key in zip(config.models, keys, strict=True):
             url = config.base_url_for(model)
             if key is None:
                 results.append(Availability(model.name, url, None, None, "not checked"))

@@ -229,10 +229,9 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
             problems.append(_problem_from_error(error, origins, model_origin, merged))
         config = None
     if config is not None:
-        for path, message in client_problems(config):
-            loc = _parse_path(path)
-            origin, index = model_origin[int(loc[1])]
-            problems.append(origin.document.problem(("models", index, *loc[2:]), message))
+        for position, field, message in client_problems(config):
+            origin, index = model_origin[position]
+            problems.append(origin.document.problem(("models", index, *field), message))
     if problems:
         raise ConfigError(sorted(problems, key=_reading_order))
     assert config is not None
@@ -258,18 +257,6 @@ def _literal_secrets(document: _Document) -> Iterator[ConfigProblem]:
                 yield from walk(child, (*loc, index))
 
     yield from walk(document.data, ())
-
-
-def _parse_path(path: str) -> Loc:
-    """Turn `models[1].options.top_k` back into ("models", 1, "options", "top_k")."""
-    loc: list[str | int] = []
-    for part in path.split("."):
-        name, _, rest = part.partition("[")
-        if name:
-            loc.append(name)
-        for index in filter(None, rest.replace("]", "").split("[")):
-            loc.append(int(index))
-    return tuple(loc)
 
 
 def _duplicate_names(

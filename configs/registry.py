@@ -68,7 +68,8 @@ class ModelRegistry:
         for name in self._clients:
             self.get(name, where="(in clients=)")
         problems = [
-            ConfigProblem(config.source, path, message) for path, message in client_problems(config)
+            ConfigProblem(config.source, f"models[{index}].{'.'.join(field)}", message)
+            for index, field, message in client_problems(config)
         ]
         if problems:
             raise ConfigError(problems)
@@ -177,15 +178,16 @@ class ModelRegistry:
         return build_init_chat_model(self.config, model, options)
 
 
-def client_problems(config: Config) -> list[tuple[str, str]]:
-    """Return (field path, message) for each model that cannot get a working client."""
-    problems: list[tuple[str, str]] = []
+def client_problems(config: Config) -> list[tuple[int, tuple[str, ...], str]]:
+    """Return (model index, field path within the model, message) for each client problem."""
+    problems: list[tuple[int, tuple[str, ...], str]] = []
     for index, model in enumerate(config.models):
         if model.protocol == "openai" and not config.is_local_openai_server(model):
             for option in sorted(set(model.options.set_values()) - OPENAI_NATIVE_OPTIONS):
                 problems.append(
                     (
-                        f"models[{index}].options.{option}",
+                        index,
+                        ("options", option),
                         f"OpenAI's API has no option {option!r}; remove it, or set base_url "
                         "to an OpenAI-compatible server that accepts it",
                     )
@@ -193,7 +195,7 @@ def client_problems(config: Config) -> list[tuple[str, str]]:
         if model.protocol == "init_chat_model":
             message = _init_chat_model_problem(config, model)
             if message:
-                problems.append((f"models[{index}].model", message))
+                problems.append((index, ("model",), message))
     return problems
 
 

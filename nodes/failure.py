@@ -29,16 +29,12 @@ async def record_failure(state: TaskState, error: NodeError) -> Command[Literal[
         detail=str(exc),
         data=record,
     )
-    update: dict[str, object] = {}
+    update: dict[str, object] = {
+        "status": TaskStatus.FAILED,
+        "error": record,
+        "finished_at": utcnow(),
+        "history": [event],
+    }
     if isinstance(exc, ModelCallError):
         update["attempts"] = exc.attempts  # the failed calls count too
-    return Command(
-        goto="__end__",
-        update={
-            **update,
-            "status": TaskStatus.FAILED,
-            "error": record,
-            "finished_at": utcnow(),
-            "history": [event],
-        },
-    )
+    return Command(goto="__end__", update=update)
