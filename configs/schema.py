@@ -128,6 +128,13 @@ class PostCompletion(_Strict):
     task: str = Field(min_length=1)
 
 
+class InitialStats(_Strict):
+    """A model's figures before it has been called: where its moving averages start."""
+
+    success_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    latency_ms: float = Field(default=1000.0, gt=0.0)
+
+
 class ModelConfig(_Strict):
     """One model entry: where it runs, what it is for, how it is called."""
 
@@ -158,6 +165,8 @@ class ModelConfig(_Strict):
     system_prompt: str | None = None
     timeout: float = Field(default=120.0, gt=0.0)
     """Seconds before a request to this model is abandoned."""
+    initial_stats: InitialStats = Field(default_factory=InitialStats)
+    """What selection assumes of the model before its first call."""
 
     @model_validator(mode="before")
     @classmethod
@@ -301,11 +310,89 @@ class RetrySettings(_Strict):
     """How a failing model call is retried before modelyard gives up on that model."""
 
     max_attempts: int = Field(default=3, ge=1, le=20)
-    """Calls per step on one model, the first included."""
+    """Calls per step on one model, the first included; then the step falls back."""
     initial_interval: float = Field(default=0.5, ge=0.0)
+    """Seconds before the first retry."""
     backoff_factor: float = Field(default=2.0, ge=1.0)
+    """Each retry waits this many times longer than the one before."""
     max_interval: float = Field(default=10.0, ge=0.0)
+    """The longest wait between two retries."""
     jitter: bool = True
+    """Add up to a second of random wait, so that clients do not retry in step."""
+    max_retry_after: float = Field(default=30.0, ge=0.0)
+    """The longest Retry-After a retry waits for; a longer one falls back to another model."""
+
+
+class SelectionWeights(_Strict):
+    """How much each factor counts in a candidate's score; every factor is 0.0 to 1.0."""
+
+    capability: float = Field(default=0.4, ge=0.0)
+    """The model's configured capability for the task type."""
+    success_rate: float = Field(default=0.3, ge=0.0)
+    """The success-rate moving average."""
+    latency: float = Field(default=0.15, ge=0.0)
+    """The latency moving average; 1.0 for the fastest candidate, lower for slower ones."""
+    cost: float = Field(default=0.1, ge=0.0)
+    """1.0 for the cheapest candidate for this prompt, 0.0 for the dearest."""
+    provider: float = Field(default=0.05, ge=0.0)
+    """The provider's entry in `provider_preference`."""
+
+
+class SelectionSettings(_Strict):
+    """How the selector ranks models and how fast it learns from calls."""
+
+    weights: SelectionWeights = Field(default_factory=SelectionWeights)
+    provider_preference: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict
+    )
+    """Preference per provider, 0.0 to 1.0 (missing: 0.0), e.g. {ollama: 1.0, openai: 0.5}."""
+    min_availability: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Leave out models whose success rate fell below this (they get a trial call after
+    `cooldown.cooldown_seconds` without calls)."""
+    alpha: float = Field(default=0.2, gt=0.0, le=1.0)
+    """Weight of the newest call in the success-rate and latency moving averages."""
+    expected_output_tokens: int = Field(default=500, ge=0)
+    """Answer length assumed when comparing costs."""
+
+    @field_validator("provider_preference")
+    @classmethod
+    def _known_providers(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - KNOWN_PROVIDERS)
+        if unknown:
+            raise PydanticCustomError(
+                "unknown_provider",
+                "unknown provider {names}; known providers: {known}",
+                {"names": ", ".join(unknown), "known": ", ".join(sorted(KNOWN_PROVIDERS))},
+            )
+        return value
+
+
+class CooldownSettings(_Strict):
+    """When a failing model is rested, for how long, and how long a task waits for one."""
+
+    allowed_fails: int = Field(default=3, ge=1)
+    """Consecutive failed calls before a model is cooled down."""
+    cooldown_seconds: float = Field(default=60.0, ge=0.0)
+    """How long a cooled-down model is left out; then one trial call decides."""
+    max_wait_seconds: float = Field(default=30.0, ge=0.0)
+    """How long a task waits for a model to come back when every candidate is cooled down."""
+
+
+class PersistenceSettings(_Strict):
+    """Where modelyard keeps what outlives a process: the per-model stats."""
+
+    url: str = ".modelyard/modelyard.db"
+    """A SQLite file (made with its folder when missing), `memory` for a store that lives
+    and dies with the process, or a `postgresql://` URL."""
+
+    @property
+    def backend(self) -> Literal["sqlite", "memory", "postgres"]:
+        """Return which database the URL names."""
+        if self.url == "memory":
+            return "memory"
+        if self.url.startswith(("postgresql://", "postgres://")):
+            return "postgres"
+        return "sqlite"
 
 
 class ModelyardConfig(_Strict):
@@ -314,6 +401,9 @@ class ModelyardConfig(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     retry: RetrySettings = Field(default_factory=RetrySettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    cooldown: CooldownSettings = Field(default_factory=CooldownSettings)
+    persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
     source: str = Field(default="<python>", exclude=True)
     """Where the config was read from, for error messages."""
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 
 from modelyard.configs import ModelyardConfig
-from modelyard.nodes import Context, classify_task, record_failure, select_model_for, work_node
+from modelyard.nodes import (
+    Context,
+    classify_task,
+    fall_back,
+    record_failure,
+    select_model_for,
+    work_node,
+)
 from modelyard.routers import retry_policy
 from modelyard.state import Step, TaskInput, TaskState
 
@@ -17,7 +24,8 @@ def build_plan_and_implement_graph(
 
     The planner is the best model for `planning`, the coder the best for `code_generation`;
     `model` in the input overrides both, `step_models` ({"plan": ..., "implement": ...})
-    each one.
+    each one. A failed plan or implementation falls back to the next best model for it,
+    as in the route graph.
 
     Args:
         config: Where the retry settings come from; default: the packaged ones.
@@ -27,14 +35,17 @@ def build_plan_and_implement_graph(
     builder.add_node("classify", classify_task, error_handler=record_failure)
     builder.add_node("select_planner", select_model_for(Step.PLAN), error_handler=record_failure)
     builder.add_node(
-        "plan", work_node(Step.PLAN, final=False), retry_policy=policy, error_handler=record_failure
+        "plan",
+        work_node(Step.PLAN, final=False),
+        retry_policy=policy,
+        error_handler=fall_back(Step.PLAN, "select_planner"),
     )
     builder.add_node("select_coder", select_model_for(Step.IMPLEMENT), error_handler=record_failure)
     builder.add_node(
         "implement",
         work_node(Step.IMPLEMENT, final=True),
         retry_policy=policy,
-        error_handler=record_failure,
+        error_handler=fall_back(Step.IMPLEMENT, "select_coder"),
     )
     builder.add_edge(START, "classify")
     builder.add_edge("classify", "select_planner")

@@ -5,7 +5,14 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 
 from modelyard.configs import ModelyardConfig
-from modelyard.nodes import Context, classify_task, record_failure, select_model_for, work_node
+from modelyard.nodes import (
+    Context,
+    classify_task,
+    fall_back,
+    record_failure,
+    select_model_for,
+    work_node,
+)
 from modelyard.routers import retry_policy
 from modelyard.state import Step, TaskInput, TaskState
 
@@ -14,6 +21,13 @@ def build_route_graph(
     config: ModelyardConfig | None = None,
 ) -> StateGraph[TaskState, Context, TaskInput, TaskState]:
     """Return the uncompiled route graph: classify -> select -> answer.
+
+    `answer` retries a retryable failure on the same model (the config's `retry`); when
+    its retries are spent, or the failure is not worth retrying, it goes back to `select`,
+    which leaves the failed model out.
+
+    Compile it with a store (`compile(store=...)`) to keep the models' stats; see
+    `modelyard.configs.persistence.open_store`.
 
     Args:
         config: Where the retry settings come from; the models come from the run's
@@ -26,7 +40,7 @@ def build_route_graph(
         "answer",
         work_node(Step.ANSWER, final=True),
         retry_policy=retry_policy(config.retry if config else None),
-        error_handler=record_failure,
+        error_handler=fall_back(Step.ANSWER, "select"),
     )
     builder.add_edge(START, "classify")
     builder.add_edge("classify", "select")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
+from langgraph.store.base import BaseStore
+
 from modelyard.configs import ModelyardConfig
+from modelyard.configs.persistence import open_store
 from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
 from modelyard.graphs.route import build_route_graph
 from modelyard.nodes import Context
@@ -21,6 +24,7 @@ async def arun_task(
     graph: GraphName = "route",
     context: Context | None = None,
     config: ModelyardConfig | None = None,
+    store: BaseStore | None = None,
 ) -> Task:
     """Run a task (or a prompt) through a graph and return the finished Task.
 
@@ -29,10 +33,16 @@ async def arun_task(
         graph: `route` or `plan_and_implement`.
         context: The run's context; default: built from `config`, else the default config.
         config: A config object to run with, when no context is given.
+        store: Where the models' stats live; default: the store the config's
+            `persistence.url` names (opened and closed for this task).
     """
     task = Task(prompt=task) if isinstance(task, str) else task
     context = context or Context(config=config)
-    compiled = BUILDERS[graph](context.models().config).compile()
+    settings = context.models().config
+    if store is None:
+        async with open_store(settings.persistence) as opened:
+            return await arun_task(task, graph=graph, context=context, store=opened)
+    compiled = BUILDERS[graph](settings).compile(store=store)
     state: dict[str, Any] = await compiled.ainvoke(task.to_input(), context=context)
     return task.with_state(state)
 
@@ -43,6 +53,7 @@ def run_task(
     graph: GraphName = "route",
     context: Context | None = None,
     config: ModelyardConfig | None = None,
+    store: BaseStore | None = None,
 ) -> Task:
     """Run a task from synchronous code (not inside a running event loop)."""
-    return asyncio.run(arun_task(task, graph=graph, context=context, config=config))
+    return asyncio.run(arun_task(task, graph=graph, context=context, config=config, store=store))

@@ -55,21 +55,25 @@ async def call_model(
         reply = await client.ainvoke(list(messages), config)
     except ModelCallError as exc:
         exc.attempts = attempt
+        exc.streamed_tokens = first_token.count
         raise
     except Exception as exc:
         error = translate_error(exc, model, registry.base_url(name))
         if error is None:
             raise
         error.attempts = attempt
+        error.streamed_tokens = first_token.count
         raise error from exc
     message = reply if isinstance(reply, AIMessage) else AIMessage(content=reply.content)
     if not isinstance(message.content, str):
-        raise ModelCallError(
+        error = ModelCallError(
             ModelErrorKind.MALFORMED_RESPONSE,
             model=name,
             url=registry.base_url(name),
             detail=f"expected text, got {type(message.content).__name__} content",
         )
+        error.attempts, error.streamed_tokens = attempt, first_token.count
+        raise error
     latency_ms = (time.perf_counter() - started) * 1000
     usage: dict[str, Any] = dict(message.usage_metadata or {})
     input_tokens = int(usage.get("input_tokens", 0))
@@ -90,14 +94,17 @@ async def call_model(
 
 
 class _FirstToken(AsyncCallbackHandler):
-    """Notes when the first token of a streamed answer arrives."""
+    """Notes when the first token of a streamed answer arrives, and counts the tokens."""
 
     def __init__(self) -> None:
         self.at: float | None = None
+        self.count = 0
 
     async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
-        if self.at is None and token:
-            self.at = time.perf_counter()
+        if token:
+            self.count += 1
+            if self.at is None:
+                self.at = time.perf_counter()
 
 
 def _with_handler(callbacks: Callbacks, handler: BaseCallbackHandler) -> Callbacks:

@@ -1,30 +1,123 @@
-"""The error handler: a step that failed for good ends the task with a clear error record."""
+"""Error handlers: fall back to another model when one fails a step, or end the task clearly."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Protocol
 
 from langgraph.errors import NodeError
+from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from modelyard.state import ModelCallError, ModelyardError, TaskEvent, TaskState, TaskStatus
+from modelyard.nodes.context import Context
+from modelyard.state import (
+    AttemptsExhaustedError,
+    FailedAttempt,
+    ModelCallError,
+    ModelErrorKind,
+    ModelyardError,
+    Step,
+    TaskEvent,
+    TaskState,
+    TaskStatus,
+)
 from modelyard.state.task import utcnow
 
 
-async def record_failure(state: TaskState, error: NodeError) -> Command[Literal["__end__"]]:
+async def record_failure(state: TaskState, error: NodeError) -> Command[Any]:
     """End the task as failed with the error's record; re-raise errors that are bugs."""
     exc = error.error
     if not isinstance(exc, ModelyardError):
         raise exc
-    if isinstance(exc, ModelCallError):
+    return _fail(error.node, exc)
+
+
+class FallbackHandler(Protocol):
+    """An error handler that sends a failed step back to selection."""
+
+    async def __call__(
+        self, state: TaskState, error: NodeError, runtime: Runtime[Context]
+    ) -> Command[Any]: ...
+
+
+def fall_back(step: Step, select_node: str) -> FallbackHandler:
+    """Return the error handler of a work node: on a failed model, select another one.
+
+    It runs when the node's retries are spent, or at once for an error not worth retrying.
+    The failed model is recorded in `failures` (selection leaves it out for the rest of the
+    task) and the graph goes back to `select_node`, until the step has tried the task's
+    `max_attempts` models; then the task fails with every attempt listed. A caller's model
+    override is never replaced by another model.
+    """
+
+    async def handler(
+        state: TaskState, error: NodeError, runtime: Runtime[Context]
+    ) -> Command[Any]:
+        exc = error.error
+        if not isinstance(exc, ModelCallError):
+            return await record_failure(state, error)
+        model = runtime.context.models().get(exc.model)
+        failed = FailedAttempt(
+            step=step.value,
+            model=exc.model,
+            url=exc.url,
+            kind=exc.kind.value,
+            message=str(exc),
+            calls=exc.attempts,
+            streamed_tokens=exc.streamed_tokens,
+            context_window=(
+                model.context_window if exc.kind is ModelErrorKind.CONTEXT_OVERFLOW else None
+            ),
+        )
+        tried = [f for f in state.get("failures") or [] if f.step == step.value] + [failed]
+        pinned = state.get("model") or (state.get("step_models") or {}).get(step.value)
+        max_attempts = state.get("max_attempts", 3)
+        if len(tried) >= max_attempts or pinned:
+            failed_models = {f.model for f in state.get("failures") or []} | {exc.model}
+            why = (
+                f"the caller asked for {pinned} only"
+                if pinned
+                else f"not tried: the task's max_attempts ({max_attempts}) was reached"
+            )
+            remaining = {
+                name: why
+                for name in runtime.context.models().config.model_names
+                if name not in failed_models
+            }
+            exhausted = AttemptsExhaustedError(
+                step.value, [f.as_record() for f in tried], remaining
+            )
+            return _fail(error.node, exhausted, {"failures": [failed], "attempts": exc.attempts})
+        return Command(
+            goto=select_node,
+            update={
+                "failures": [failed],
+                "attempts": exc.attempts,
+                "history": [
+                    TaskEvent(
+                        kind="model_failed",
+                        step=step.value,
+                        model=exc.model,
+                        detail=str(exc),
+                        data=exc.as_record(),
+                    )
+                ],
+            },
+        )
+
+    handler.__name__ = handler.__qualname__ = f"fall_back_{step.value}"
+    return handler
+
+
+def _fail(node: str, exc: ModelyardError, extra: dict[str, Any] | None = None) -> Command[Any]:
+    if isinstance(exc, ModelCallError | AttemptsExhaustedError):
         record = exc.as_record()
     else:
         record = {"kind": type(exc).__name__, "message": str(exc)}
-    record["node"] = error.node
+    record["node"] = node
     model = record.get("model")
     event = TaskEvent(
         kind="failed",
-        step=error.node,
+        step=node,
         model=model if isinstance(model, str) else None,
         detail=str(exc),
         data=record,
@@ -37,4 +130,4 @@ async def record_failure(state: TaskState, error: NodeError) -> Command[Literal[
     }
     if isinstance(exc, ModelCallError):
         update["attempts"] = exc.attempts  # the failed calls count too
-    return Command(goto="__end__", update=update)
+    return Command(goto="__end__", update=update | (extra or {}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -9,10 +10,21 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
+from modelyard.configs import ModelRegistry
 from modelyard.configs.templates import render_prompt
 from modelyard.nodes.calls import call_model
 from modelyard.nodes.context import Context
-from modelyard.state import Step, TaskContext, TaskEvent, TaskState, TaskStatus
+from modelyard.nodes.stats import StatsBook
+from modelyard.state import (
+    CooldownReason,
+    ModelCallError,
+    ModelErrorKind,
+    Step,
+    TaskContext,
+    TaskEvent,
+    TaskState,
+    TaskStatus,
+)
 from modelyard.state.task import utcnow
 
 
@@ -44,15 +56,26 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
         messages.append(HumanMessage(render_prompt(step.value, **_prompt_values(state))))
         attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
         task_context = state.get("context") or TaskContext()
-        message, call = await call_model(
-            registry,
-            model.name,
-            messages,
-            step=step.value,
-            overrides=task_context.options,
-            config=_tagged(get_config(), state, step, model.name, attempt),
-            attempt=attempt,
-        )
+        book = StatsBook(runtime.store, registry.config)
+        if attempt > 1:
+            await wait_out_rate_limit(book, registry, model.name, attempt)
+        try:
+            message, call = await call_model(
+                registry,
+                model.name,
+                messages,
+                step=step.value,
+                overrides=task_context.options,
+                config=_tagged(get_config(), state, step, model.name, attempt),
+                attempt=attempt,
+            )
+        except ModelCallError as error:
+            stats = await book.record_failure(error)
+            too_long = (error.retry_after or 0.0) > registry.config.retry.max_retry_after
+            if stats.cooldown_reason is CooldownReason.FAILURES or too_long:
+                error.give_up = True  # the model is resting: fall back, do not retry it
+            raise
+        await book.record_success(call)
         retried = f" after {attempt} attempts" if attempt > 1 else ""
         event = TaskEvent(
             kind="model_call",
@@ -85,6 +108,34 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
 
     work.__name__ = work.__qualname__ = step.value
     return work
+
+
+async def wait_out_rate_limit(
+    book: StatsBook, registry: ModelRegistry, name: str, attempt: int
+) -> None:
+    """Before a retry: wait out the model's Retry-After, or give up on a model cooled down.
+
+    Raises:
+        ModelCallError: the model was cooled down for failures, or its server asked for a
+            longer wait than `retry.max_retry_after`; not retryable, so the step falls back.
+    """
+    stats = await book.get(name)
+    left = stats.cooldown_left(book.clock())
+    if left <= 0:
+        return
+    cap = registry.config.retry.max_retry_after
+    if stats.cooldown_reason is CooldownReason.RATE_LIMITED and left <= cap:
+        await asyncio.sleep(left)
+        return
+    last = stats.last_error or {}
+    error = ModelCallError(
+        ModelErrorKind(last.get("kind", ModelErrorKind.SERVER_ERROR.value)),
+        model=name,
+        url=registry.base_url(name),
+        detail=f"cooled down for {left:.1f} s more after: {last.get('message', 'failures')}",
+    )
+    error.attempts, error.give_up = attempt - 1, True
+    raise error
 
 
 def _prompt_values(state: TaskState) -> dict[str, str]:

@@ -3,17 +3,25 @@
 from modelyard.routers.keywords import classify_by_keywords, keyword_scores
 from modelyard.routers.retry import is_retryable, retry_policy
 from modelyard.routers.select import (
+    Ranking,
+    describe_factors,
     estimate_tokens,
+    initial_stats,
+    rank_models,
     select_model,
     task_type_for_step,
     why_not,
 )
 
 __all__ = [
+    "Ranking",
     "classify_by_keywords",
+    "describe_factors",
     "estimate_tokens",
+    "initial_stats",
     "is_retryable",
     "keyword_scores",
+    "rank_models",
     "retry_policy",
     "select_model",
     "task_type_for_step",

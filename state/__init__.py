@@ -1,6 +1,7 @@
 """Typed shared state: the Task and its lifecycle, task types, statuses, errors, reducers."""
 
 from modelyard.state.errors import (
+    AttemptsExhaustedError,
     ConfigError,
     ConfigProblem,
     InvalidTaskError,
@@ -10,18 +11,32 @@ from modelyard.state.errors import (
     NoModelAvailableError,
     UnknownModelError,
 )
-from modelyard.state.graph_state import ModelCall, Selection, TaskInput, TaskState
+from modelyard.state.graph_state import (
+    CandidateScore,
+    FailedAttempt,
+    ModelCall,
+    Selection,
+    TaskInput,
+    TaskState,
+)
+from modelyard.state.stats import CooldownReason, Health, ModelStats
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
 from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
 
 __all__ = [
+    "AttemptsExhaustedError",
+    "CandidateScore",
     "Classification",
     "ConfigError",
     "ConfigProblem",
+    "CooldownReason",
+    "FailedAttempt",
+    "Health",
     "InvalidTaskError",
     "ModelCall",
     "ModelCallError",
     "ModelErrorKind",
+    "ModelStats",
     "ModelyardError",
     "NoModelAvailableError",
     "Priority",

@@ -68,18 +68,66 @@ class UnknownModelError(ModelyardError):
 class NoModelAvailableError(ModelyardError):
     """No configured model can take a step; says why each one was left out."""
 
-    def __init__(self, step: str, task_type: str, reasons: dict[str, str]) -> None:
+    def __init__(
+        self,
+        step: str,
+        task_type: str,
+        reasons: dict[str, str],
+        back_in: dict[str, float] | None = None,
+    ) -> None:
         self.step = step
         self.task_type = task_type
         self.reasons = dict(reasons)
+        self.back_in = dict(back_in or {})
+        """Seconds until each cooled-down model may take calls again."""
         detail = "; ".join(f"{name}: {why}" for name, why in self.reasons.items()) or "none"
+        advice = (
+            "Wait for a cooled-down model to come back (see `modelyard stats`), or add models."
+            if self.back_in
+            else "Add a model with this role to the config, or relax the task's requirements."
+        )
         super().__init__(
-            f"no model can take the {step} step of a {task_type} task ({detail}). "
-            "Add a model with this role to the config, or relax the task's requirements."
+            f"no model can take the {step} step of a {task_type} task ({detail}). {advice}"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.step, self.task_type, self.reasons))
+        return (type(self), (self.step, self.task_type, self.reasons, self.back_in))
+
+
+class AttemptsExhaustedError(ModelyardError):
+    """A step failed on every model it tried; lists each attempt and why no other was left."""
+
+    def __init__(
+        self, step: str, attempts: list[dict[str, Any]], remaining: dict[str, str] | None = None
+    ) -> None:
+        self.step = step
+        self.attempts = [dict(a) for a in attempts]
+        """One record per model tried: model, kind, message, calls."""
+        self.remaining = dict(remaining or {})
+        """Why each model not tried was left out."""
+        lines = [
+            f"{i}. {a['model']}: {a['kind']} after {a.get('calls', 1)} "
+            f"call{'s' if a.get('calls', 1) != 1 else ''}: {a['message']}"
+            for i, a in enumerate(self.attempts, 1)
+        ]
+        tried = f"the {step} step failed on {len(self.attempts)} model"
+        tried += "s" if len(self.attempts) != 1 else ""
+        others = "; ".join(f"{name}: {why}" for name, why in self.remaining.items())
+        tail = f"\nNo other model could take it ({others})." if others else ""
+        super().__init__(f"{tried}:\n" + "\n".join(lines) + tail)
+
+    def as_record(self) -> dict[str, Any]:
+        """Return a JSON-safe summary for the task's error field."""
+        return {
+            "kind": "all_models_failed",
+            "step": self.step,
+            "attempts": self.attempts,
+            "remaining": self.remaining,
+            "message": str(self),
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.step, self.attempts, self.remaining))
 
 
 class InvalidTaskError(ModelyardError):
@@ -134,6 +182,10 @@ class ModelCallError(ModelyardError):
         self.retry_after = retry_after
         self.attempts = 1
         """Calls made to this model for the step when it gave up (set by the caller)."""
+        self.streamed_tokens = 0
+        """Tokens the model had streamed before it failed (set by the caller)."""
+        self.give_up = False
+        """Set when the model was cooled down meanwhile: fall back instead of retrying."""
         status_text = f" (HTTP {status})" if status is not None else ""
         message = f"{self.kind.value}{status_text} from model {model!r} at {url}: {detail}"
         if hint:
@@ -143,7 +195,7 @@ class ModelCallError(ModelyardError):
     @property
     def retryable(self) -> bool:
         """Whether trying the same model again may succeed."""
-        return self.kind in RETRYABLE_KINDS
+        return self.kind in RETRYABLE_KINDS and not self.give_up
 
     def as_record(self) -> dict[str, Any]:
         """Return a JSON-safe summary for the task's history and results."""
@@ -154,13 +206,17 @@ class ModelCallError(ModelyardError):
             "status": self.status,
             "retry_after": self.retry_after,
             "attempts": self.attempts,
+            "streamed_tokens": self.streamed_tokens,
             "message": str(self),
         }
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_model_call_error,
-            (self.as_record() | {"detail": self.detail, "hint": self.hint},),
+            (
+                self.as_record()
+                | {"detail": self.detail, "hint": self.hint, "give_up": self.give_up},
+            ),
         )
 
 
@@ -175,4 +231,6 @@ def _rebuild_model_call_error(record: dict[str, Any]) -> ModelCallError:
         retry_after=record["retry_after"],
     )
     error.attempts = record["attempts"]
+    error.streamed_tokens = record.get("streamed_tokens", 0)
+    error.give_up = record.get("give_up", False)
     return error

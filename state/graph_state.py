@@ -13,6 +13,18 @@ from modelyard.state.task import Requirements, TaskContext, TaskEvent
 from modelyard.state.types import Classification, TaskStatus, TaskType
 
 
+class CandidateScore(BaseModel):
+    """One candidate's score, factor by factor (each factor 0.0 to 1.0, before weighting)."""
+
+    model: str
+    score: float
+    """The weighted sum of the factors."""
+    factors: dict[str, float] = Field(default_factory=dict)
+    """capability, success_rate, latency, cost and provider."""
+    trial: bool = False
+    """Its cooldown is over and the next call is its trial; trials go first."""
+
+
 class Selection(BaseModel):
     """The model chosen for one step, and why."""
 
@@ -30,6 +42,10 @@ class Selection(BaseModel):
     """Score of every model that passed the filters."""
     excluded: dict[str, str] = Field(default_factory=dict)
     """Why each other model was left out."""
+    ranking: list[CandidateScore] = Field(default_factory=list)
+    """Every candidate's score by factor, best first (when selection was asked to explain)."""
+    trial: bool = False
+    """The chosen model is back from a cooldown and this call is its trial."""
 
 
 class ModelCall(BaseModel):
@@ -47,6 +63,28 @@ class ModelCall(BaseModel):
     """Attempts this step took on this model (1 = no retry)."""
     prompt: list[dict[str, str]] = Field(default_factory=list)
     """The messages sent (role and content), for the history."""
+
+
+class FailedAttempt(BaseModel):
+    """A model that failed a step for good (its retries spent, or not worth retrying)."""
+
+    step: str
+    model: str
+    url: str = ""
+    """Where the model was called."""
+    kind: str
+    """The error kind (`server_error`, `timeout`, ...)."""
+    message: str
+    calls: int = 1
+    """Calls made to the model for the step, retries included."""
+    streamed_tokens: int = 0
+    """Tokens it had streamed before the last failure."""
+    context_window: int | None = None
+    """Its context window, for a context overflow: the next model needs a larger one."""
+
+    def as_record(self) -> dict[str, Any]:
+        """Return the JSON-safe summary the terminal error lists."""
+        return self.model_dump(exclude={"context_window"})
 
 
 def merge_dicts(left: dict[str, Any] | None, right: dict[str, Any] | None) -> dict[str, Any]:
@@ -89,7 +127,7 @@ class TaskState(TypedDict, total=False):
     priority: int
     """Higher runs first; used by the task runner."""
     max_attempts: int
-    """Most model calls one step may make."""
+    """Most models one step may try, the first included, before the task fails."""
     classification: Classification
     """How the task type was decided; written by `classify`."""
     selections: Annotated[dict[str, Selection], merge_dicts]
@@ -100,6 +138,8 @@ class TaskState(TypedDict, total=False):
     """Every event; appended by every node."""
     attempts: Annotated[int, operator.add]
     """Model calls made, retries included; added to by the work nodes."""
+    failures: Annotated[list[FailedAttempt], operator.add]
+    """Models that failed a step for good; selection leaves them out for the rest of the task."""
     plan: str
     """The plan; written by `plan`."""
     implementation: str

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from modelyard.state.graph_state import ModelCall, Selection
+from modelyard.state.graph_state import CandidateScore, FailedAttempt, ModelCall, Selection
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
 from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
 
 CHECKPOINT_TYPES: tuple[type, ...] = (
-    Classification, ModelCall, Priority, Requirements, Selection, Step, Task, TaskContext,
-    TaskEvent, TaskStatus, TaskType,
+    CandidateScore, Classification, FailedAttempt, ModelCall, Priority, Requirements, Selection,
+    Step, Task, TaskContext, TaskEvent, TaskStatus, TaskType,
 )  # fmt: skip
 
 

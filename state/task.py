@@ -95,8 +95,8 @@ class Task(BaseModel):
     finished_at: datetime | None = None
     attempts: int = 0
     """Model calls made, retries included."""
-    max_attempts: int = 3
-    """Most model calls one step may make before the task fails."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Most models one step may try (each with the config's retries) before the task fails."""
     history: list[TaskEvent] = Field(default_factory=list)
     """Every event, in order."""
 

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from langgraph.store.memory import InMemoryStore
 from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
 
 from modelyard.configs import ModelyardConfig, load_config
+from modelyard.nodes import stats as stats_module
 from modelyard.testing.server import LocalModelServer
 
 
@@ -29,3 +31,11 @@ def protocol(request: pytest.FixtureRequest) -> str:
 def server_config(tmp_path: Path, server: LocalModelServer, protocol: str) -> ModelyardConfig:
     """A config whose models talk to the local server over `protocol`."""
     return load_config(write_config(tmp_path, config_text(server.url, protocol=protocol)))
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_store(monkeypatch: pytest.MonkeyPatch) -> InMemoryStore:
+    """Each test starts with no model stats in the store graphs without one fall back to."""
+    store = InMemoryStore()
+    monkeypatch.setattr(stats_module, "PROCESS_STORE", store)
+    return store

@@ -205,8 +205,9 @@ def test_capability_ranks_models_with_the_role() -> None:
     good = model("good", roles=["planning"], capabilities={"planning": 0.9})
     selection = choose([weak, good])
     assert selection.model == "good"
-    assert selection.score == 0.9
-    assert selection.candidates == {"good": 0.9, "weak": 0.5}
+    # 0.4 capability + 0.3 success + 0.15 latency + 0.1 cost + 0.05 provider (no preference)
+    assert selection.score == pytest.approx(0.4 * 0.9 + 0.55)
+    assert selection.candidates == {"good": pytest.approx(0.91), "weak": pytest.approx(0.75)}
 
 
 def test_tie_goes_to_the_earlier_model() -> None:
@@ -221,7 +222,7 @@ def test_missing_capability_counts_as_half() -> None:
     low = model("low", roles=["planning"], capabilities={"planning": 0.4})
     selection = choose([low, unknown])
     assert selection.model == "unknown"
-    assert selection.score == 0.5
+    assert selection.score == pytest.approx(0.4 * 0.5 + 0.55)
 
 
 def test_override_wins_with_reason_requested() -> None:
@@ -229,8 +230,8 @@ def test_override_wins_with_reason_requested() -> None:
     coder = model("coder", roles=["code_generation"], capabilities={"planning": 0.1})
     selection = choose([planner, coder], override="coder")
     assert selection.model == "coder"
-    assert "requested" in selection.reason
-    assert selection.score == 0.1
+    assert selection.reason == "coder was requested by the caller"
+    assert selection.score == pytest.approx(0.4 * 0.1 + 0.55)
 
 
 def test_target_model_requirement_acts_as_an_override() -> None:
@@ -324,8 +325,8 @@ def test_no_model_with_the_role_falls_back_to_capability() -> None:
     b = model("b", roles=["planning"], capabilities={"code_review": 0.8})
     selection = choose([a, b], task_type=T.CODE_REVIEW)
     assert selection.model == "b"
-    assert selection.reason.startswith("no model has the code_review role")
-    assert selection.candidates == {"b": 0.8, "a": 0.3}
+    assert selection.reason.startswith("no model left has the code_review role; b scores best")
+    assert list(selection.candidates) == ["b", "a"]
 
 
 def test_excluded_removes_a_model() -> None:

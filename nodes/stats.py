@@ -1,0 +1,136 @@
+"""The stats book: every model's stats in a LangGraph store, read by selection, written per call.
+
+Records live in the store the graph was compiled with (`graph.compile(store=...)`, or the
+one `langgraph dev` provides), under the namespace `("modelyard", "model_stats")`, one item
+per model. A graph compiled without a store keeps them in this process's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+
+from langgraph.store.base import BaseStore, GetOp, Item
+from langgraph.store.memory import InMemoryStore
+
+from modelyard.configs import ModelyardConfig
+from modelyard.routers.select import initial_stats
+from modelyard.state import ModelCall, ModelCallError, ModelStats
+
+NAMESPACE = ("modelyard", "model_stats")
+
+#: Where stats go when the graph has no store of its own.
+PROCESS_STORE = InMemoryStore()
+
+_locks: dict[tuple[int, int, str], asyncio.Lock] = {}
+
+
+class StatsBook:
+    """Reads and updates the stats of a config's models in a store."""
+
+    def __init__(
+        self,
+        store: BaseStore | None,
+        config: ModelyardConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store if store is not None else PROCESS_STORE
+        self.config = config
+        self.clock = clock
+        self._models = {m.name: m for m in config.models}
+
+    async def snapshot(self, names: Iterable[str] | None = None) -> dict[str, ModelStats]:
+        """Return the current stats of the named models (all by default), in one read."""
+        names = list(self._models if names is None else names)
+        items = await self.store.abatch([GetOp(NAMESPACE, name) for name in names])
+        return {
+            name: self._parse(name, item if isinstance(item, Item) else None)
+            for name, item in zip(names, items, strict=True)
+        }
+
+    async def get(self, name: str) -> ModelStats:
+        """Return one model's current stats."""
+        return self._parse(name, await self.store.aget(NAMESPACE, name))
+
+    async def record_success(self, call: ModelCall) -> ModelStats:
+        """Fold a successful call into its model's averages and totals; end any cooldown."""
+        model = self._models[call.model]
+
+        def update(stats: ModelStats) -> ModelStats:
+            return stats.after_success(
+                latency_ms=call.latency_ms,
+                first_token_ms=call.first_token_ms,
+                input_tokens=call.input_tokens,
+                output_tokens=call.output_tokens,
+                cost=call.cost,
+                alpha=self.config.selection.alpha,
+                reset_success_rate=model.initial_stats.success_rate,
+                now=self.clock(),
+            )
+
+        return await self._update(call.model, update)
+
+    async def record_failure(self, error: ModelCallError) -> ModelStats:
+        """Fold a failed call into its model's stats; cool the model down when it should be."""
+
+        def update(stats: ModelStats) -> ModelStats:
+            return stats.after_failure(
+                kind=error.kind.value,
+                message=f"{error.kind.value}: {error.detail}",
+                retry_after=error.retry_after,
+                alpha=self.config.selection.alpha,
+                allowed_fails=self.config.cooldown.allowed_fails,
+                cooldown_seconds=self.config.cooldown.cooldown_seconds,
+                max_retry_after=self.config.retry.max_retry_after,
+                now=self.clock(),
+            )
+
+        return await self._update(error.model, update)
+
+    async def claim_trial(self, name: str) -> bool:
+        """Mark a trial call to a model back from a cooldown as under way.
+
+        Returns False when another task of this process claimed it first.
+        """
+        model = self._models[name]
+        claimed = False
+
+        def update(stats: ModelStats) -> ModelStats:
+            nonlocal claimed
+            now = self.clock()
+            started = stats.trial_started_at
+            if started is not None and now - started < model.timeout:
+                return stats  # someone else's trial call is under way
+            claimed = True
+            return stats.claim_trial(now)
+
+        await self._update(name, update)
+        return claimed
+
+    async def reset(self, names: Iterable[str] | None = None) -> None:
+        """Forget the stats of the named models (all by default)."""
+        for name in list(self._models if names is None else names):
+            await self.store.adelete(NAMESPACE, name)
+
+    async def _update(self, name: str, change: Callable[[ModelStats], ModelStats]) -> ModelStats:
+        async with _lock(self.store, name):
+            stats = await self.get(name)
+            updated = change(stats)
+            await self.store.aput(NAMESPACE, name, updated.model_dump(mode="json"), index=False)
+            return updated
+
+    def _parse(self, name: str, item: Item | None) -> ModelStats:
+        if item is None:
+            model = self._models.get(name)
+            return initial_stats(model) if model else ModelStats(model=name)
+        return ModelStats.model_validate(item.value)
+
+
+def _lock(store: BaseStore, name: str) -> asyncio.Lock:
+    """Return this process's lock for one model's record, so updates do not interleave."""
+    key = (id(asyncio.get_running_loop()), id(store), name)
+    lock = _locks.get(key)
+    if lock is None:
+        lock = _locks[key] = asyncio.Lock()
+    return lock
