@@ -13,12 +13,19 @@ from langchain_core.messages import AIMessageChunk
 from rich.console import Console
 from rich.markup import escape
 
-from modelyard.cli.output import render_models, summary_line, task_json
+from modelyard.cli.output import (
+    cooldown_state,
+    render_models,
+    render_stats,
+    summary_line,
+    task_json,
+)
 from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
 from modelyard.configs.availability import check_models
+from modelyard.configs.persistence import open_store
 from modelyard.graphs import build_plan_and_implement_graph, build_route_graph
-from modelyard.nodes import Context
-from modelyard.state import ModelyardError, Task, TaskStatus, TaskType
+from modelyard.nodes import Context, StatsBook
+from modelyard.state import ModelStats, ModelyardError, Task, TaskStatus, TaskType
 
 app = typer.Typer(
     name="modelyard",
@@ -72,17 +79,20 @@ def run(
         registry.get(model, where="(--model)")
     if not prompt.strip():
         raise UsageError("the prompt is empty; give the task's text")
-    task = Task(
-        prompt=prompt, model=model, task_type=task_type, max_attempts=config.retry.max_attempts
-    )
+    task = Task(prompt=prompt, model=model, task_type=task_type)
     builder = build_plan_and_implement_graph if plan else build_route_graph
-    graph = builder(config).compile()
     context = Context(registry=registry)
+
+    async def go() -> dict[str, Any]:
+        async with open_store(config.persistence) as store:
+            graph = builder(config).compile(store=store)
+            if as_json:
+                result: dict[str, Any] = await graph.ainvoke(task.to_input(), context=context)
+                return result
+            return await _stream(graph, task, context)
+
     started = time.perf_counter()
-    if as_json:
-        state = asyncio.run(graph.ainvoke(task.to_input(), context=context))
-    else:
-        state = asyncio.run(_stream(graph, task, context))
+    state = asyncio.run(go())
     elapsed_ms = (time.perf_counter() - started) * 1000
     finished = task.with_state(state)
     if as_json:
@@ -99,16 +109,25 @@ async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
     """Print tokens as they arrive, under a heading per step; return the final state.
 
     A retried step starts over: its heading says which attempt it is, so text from a failed
-    attempt is not mistaken for the answer.
+    attempt is not mistaken for the answer. A model that fails after streaming text is
+    named, with the model the step continues on.
     """
     current: tuple[str, int] | None = None
     printed = False
     state: dict[str, Any] = {}
     async for mode, chunk in graph.astream(
-        task.to_input(), context=context, stream_mode=["messages", "updates", "values"]
+        task.to_input(), context=context, stream_mode=["messages", "updates", "values", "custom"]
     ):
         if mode == "values":
             state = chunk
+        elif mode == "custom":
+            if isinstance(chunk, dict) and chunk.get("modelyard_event") == "fallback":
+                if printed:
+                    sys.stdout.write("\n")
+                    sys.stdout.flush()
+                    printed = False
+                err.print(f"[yellow]⚠ {escape(str(chunk.get('detail', '')))}[/yellow]")
+                current = None
         elif mode == "updates":
             for update in chunk.values():
                 events = update.get("history", []) if isinstance(update, dict) else []
@@ -170,6 +189,39 @@ def models(
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
     console.print(render_models(config, availability))
+
+
+@app.command()
+def stats(
+    config_file: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Forget the recorded stats of the configured models.")
+    ] = False,
+) -> None:
+    """Show what modelyard has learned of each model: calls, success, latency, cooldowns."""
+    config, _ = _load(config_file)
+
+    async def read() -> dict[str, ModelStats]:
+        async with open_store(config.persistence) as store:
+            book = StatsBook(store, config)
+            if reset:
+                await book.reset()
+            return await book.snapshot()
+
+    records = asyncio.run(read())
+    now = time.time()
+    if as_json:
+        rows = [
+            record.model_dump(mode="json") | {"state": cooldown_state(config, record, now)}
+            for record in records.values()
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=200)
+    console.print(render_stats(config, records, now))
 
 
 @app.command()

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from modelyard.configs import ModelyardConfig
 from modelyard.configs.availability import Availability
-from modelyard.state import ModelCall, Task
+from modelyard.state import CooldownReason, Health, ModelCall, ModelStats, Task
 
 
 def _calls(state: dict[str, Any]) -> list[ModelCall]:
@@ -88,5 +88,49 @@ def render_models(config: ModelyardConfig, availability: list[Availability]) -> 
             escape(status.url or "-"),
             _mark(status.reachable) + detail,
             _mark(status.available),
+        )
+    return table
+
+
+def cooldown_state(config: ModelyardConfig, record: ModelStats, now: float) -> str:
+    """Return whether a model takes calls: `ok`, `cooling 12.3 s (...)`, or `trial next`."""
+    timeout = next((m.timeout for m in config.models if m.name == record.model), 0.0)
+    health = record.health(now, config.cooldown.allowed_fails, timeout)
+    if health is Health.COOLING:
+        cause = (
+            "rate-limited"
+            if record.cooldown_reason is CooldownReason.RATE_LIMITED
+            else f"{record.consecutive_failures} failures"
+        )
+        return f"cooling {record.cooldown_left(now):.1f} s ({cause})"
+    if health is Health.TRIAL:
+        return "trial next"
+    if health is Health.ON_TRIAL:
+        return "trial under way"
+    return "ok"
+
+
+def render_stats(config: ModelyardConfig, records: dict[str, ModelStats], now: float) -> Table:
+    """Return the `modelyard stats` table: one row per configured model."""
+    table = Table(title=f"model stats in {escape(config.persistence.url)}")
+    for column in ("model", "calls", "ok", "failed", "success", "latency", "first token",
+                   "tokens in/out", "cost", "state", "last error"):  # fmt: skip
+        justify = "left" if column in ("model", "state", "last error") else "right"
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for name, record in records.items():
+        first_token = f"{record.first_token_ms:.0f} ms" if record.first_token_ms else "-"
+        last = record.last_error or {}
+        table.add_row(
+            escape(name),
+            str(record.calls),
+            str(record.successes),
+            str(record.failures),
+            f"{record.success_rate:.0%}",
+            f"{record.latency_ms:.0f} ms",
+            first_token,
+            f"{record.input_tokens}/{record.output_tokens}",
+            f"{record.cost:.4f}",
+            escape(cooldown_state(config, record, now)),
+            escape(str(last.get("kind", "-"))),
         )
     return table

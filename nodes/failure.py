@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
@@ -31,12 +32,9 @@ async def record_failure(state: TaskState, error: NodeError) -> Command[Any]:
     return _fail(error.node, exc)
 
 
-class FallbackHandler(Protocol):
-    """An error handler that sends a failed step back to selection."""
-
-    async def __call__(
-        self, state: TaskState, error: NodeError, runtime: Runtime[Context]
-    ) -> Command[Any]: ...
+#: An error handler that sends a failed step back to selection; LangGraph passes it the
+#: state, the `NodeError` and the run's `Runtime`.
+FallbackHandler = Callable[..., Awaitable[Command[Any]]]
 
 
 def fall_back(step: Step, select_node: str) -> FallbackHandler:

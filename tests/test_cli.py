@@ -21,6 +21,14 @@ EMAIL_PROMPT = "Write a Python function that validates email addresses"
 HASH_PROMPT = "Explain how a hash table works"
 
 
+@pytest.fixture(autouse=True)
+def stats_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's `modelyard` commands share a stats database of their own."""
+    path = tmp_path / "stats.db"
+    monkeypatch.setenv("MODELYARD_DB", str(path))
+    return path
+
+
 def modelyard(
     *args: str, ollama: str | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
@@ -261,3 +269,59 @@ def test_markup_in_names_and_errors_is_printed_as_text(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "unknown role 'cooking'" in result.stderr
+
+
+def test_stats_shows_the_figures_an_earlier_run_recorded(
+    server: LocalModelServer, stats_database: Path
+) -> None:
+    server.script(CODING_MODEL, ["def validate(x): ..."])
+    server.inject_fault(Fault.status_code(500), model=CODING_MODEL, times=1)
+    assert modelyard("run", "--json", EMAIL_PROMPT, ollama=server.url).returncode == 0
+
+    table = modelyard("stats")
+    listing = modelyard("stats", "--json")
+
+    assert stats_database.exists()
+    assert table.returncode == 0, table.stderr
+    row = next(line for line in table.stdout.splitlines() if "coder" in line)
+    assert row.split("│")[2:5] == ["     2 ", "  1 ", "      1 "]  # calls, ok, failed
+    assert "server_error" in row and "ok" in row
+    records = {r["model"]: r for r in json.loads(listing.stdout)}
+    coder = records["coder"]
+    assert (coder["calls"], coder["successes"], coder["failures"]) == (2, 1, 1)
+    assert coder["failures_by_kind"] == {"server_error": 1}
+    assert coder["output_tokens"] > 0 and coder["state"] == "ok"
+    assert records["reasoner"]["calls"] == 0
+
+
+def test_stats_shows_a_cooldown_after_a_model_keeps_failing(server: LocalModelServer) -> None:
+    server.inject_fault(Fault.status_code(503), model=CODING_MODEL, times=None)
+    result = modelyard("run", "--json", EMAIL_PROMPT, ollama=server.url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == "reasoner"  # fell back
+
+    records = {r["model"]: r for r in json.loads(modelyard("stats", "--json").stdout)}
+    assert records["coder"]["consecutive_failures"] == 3
+    assert records["coder"]["state"].startswith("cooling 5")  # 60 s from the default config
+    assert "(3 failures)" in records["coder"]["state"]
+
+    again = modelyard("run", "--json", "--task-type", "code_generation", "Sort a list",
+                      ollama=server.url)  # fmt: skip
+    assert json.loads(again.stdout)["model"] == "reasoner"
+    assert len([r for r in server.requests_for(CODING_MODEL)]) == 3  # rested: not called again
+    reset = modelyard("stats", "--reset", "--json")
+    assert all(r["calls"] == 0 for r in json.loads(reset.stdout))
+
+
+def test_a_model_failing_mid_stream_is_named_and_the_answer_continues(
+    server: LocalModelServer,
+) -> None:
+    server.script(REASONING_MODEL, ["the reasoner's answer"])
+    server.inject_fault(Fault.cut_stream(after_chunks=3), model=CODING_MODEL, times=None)
+
+    result = modelyard("run", EMAIL_PROMPT, ollama=server.url)
+
+    assert result.returncode == 0, result.stderr
+    assert "coder failed after" in result.stderr
+    assert "tokens: connection; continuing on reasoner" in result.stderr
+    assert result.stdout.rstrip().endswith("the reasoner's answer")

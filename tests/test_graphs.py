@@ -246,8 +246,9 @@ async def test_when_every_model_fails_the_error_lists_each_attempt() -> None:
         ("reasoner", "timeout", 3),
     ]
     assert "the answer step failed on 2 models:" in error["message"]
-    assert "1. coder: server_error after 3 calls: server_error from model 'coder'" in (
-        error["message"]
+    assert (
+        "1. coder: server_error after 3 calls: server_error from model 'coder'"
+        in (error["message"])
     )
     assert "2. reasoner: timeout after 3 calls" in error["message"]
     assert len(coder.calls) == len(reasoner.calls) == FAST.retry.max_attempts
@@ -272,7 +273,9 @@ async def test_a_model_override_is_not_replaced_when_it_fails() -> None:
     coder = ScriptedChatModel(replies=[call_error(ModelErrorKind.AUTH)])
     reasoner = ScriptedChatModel(replies=["never"])
     graph = build_route_graph(FAST).compile()
-    state = await graph.ainvoke({**SORT, "model": "coder"}, context=scripted_context(reasoner, coder))
+    state = await graph.ainvoke(
+        {**SORT, "model": "coder"}, context=scripted_context(reasoner, coder)
+    )
     assert state["status"] is TaskStatus.FAILED
     assert state["error"]["remaining"] == {"reasoner": "the caller asked for coder only"}
     assert reasoner.calls == []
