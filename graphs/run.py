@@ -43,8 +43,19 @@ async def arun_task(
         async with open_store(settings.persistence) as opened:
             return await arun_task(task, graph=graph, context=context, store=opened)
     compiled = BUILDERS[graph](settings).compile(store=store)
-    state: dict[str, Any] = await compiled.ainvoke(task.to_input(), context=context)
+    state: dict[str, Any] = await compiled.ainvoke(
+        task.to_input(), {"recursion_limit": recursion_limit(task)}, context=context
+    )
     return task.with_state(state)
+
+
+def recursion_limit(task: Task) -> int:
+    """Return a recursion limit that lets every step try `task.max_attempts` models.
+
+    Each fallback takes three supersteps (error handler, select, work node); LangGraph's
+    default limit of 25 would stop a task with a large `max_attempts` early.
+    """
+    return max(25, 10 + 2 * 3 * (task.max_attempts + 1))
 
 
 def run_task(
