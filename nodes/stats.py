@@ -15,6 +15,7 @@ from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
 
 from modelyard.configs import ModelyardConfig
+from modelyard.configs.persistence import update_lock
 from modelyard.routers.select import initial_stats
 from modelyard.state import ModelCall, ModelCallError, ModelStats
 
@@ -114,7 +115,7 @@ class StatsBook:
             await self.store.adelete(NAMESPACE, name)
 
     async def _update(self, name: str, change: Callable[[ModelStats], ModelStats]) -> ModelStats:
-        async with _lock(self.store, name):
+        async with _lock(self.store, name), update_lock(self.store):
             stats = await self.get(name)
             updated = change(stats)
             await self.store.aput(NAMESPACE, name, updated.model_dump(mode="json"), index=False)
