@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import math
+import random
 import re
 import signal
 import socket
@@ -123,6 +124,19 @@ class _FaultSlot:
     remaining: int | None
 
 
+@dataclass
+class _FaultMix:
+    """Faults drawn at random; ``bounds`` pairs each fault with its cumulative probability."""
+
+    bounds: list[tuple[float, Fault]]
+    rng: random.Random
+
+    def draw(self) -> Fault | None:
+        """Return the fault one request gets, or None for a normal answer."""
+        roll = self.rng.random()
+        return next((fault for bound, fault in self.bounds if roll < bound), None)
+
+
 def default_reply(model: str, messages: list[dict[str, Any]]) -> str:
     """Build the deterministic reply used when a model has no script."""
     last = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
@@ -168,6 +182,7 @@ class LocalModelServer:
         self._lock = threading.Lock()
         self._models: dict[str, _ModelEntry] = {}
         self._faults: list[_FaultSlot] = []
+        self._fault_mixes: dict[str | None, _FaultMix] = {}
         self._log: list[RecordedRequest] = []
         self._stopping = threading.Event()
         self._release = threading.Event()
@@ -272,10 +287,42 @@ class LocalModelServer:
         with self._lock:
             self._faults.append(_FaultSlot(fault, model, times))
 
+    def inject_random_faults(
+        self,
+        mix: Sequence[tuple[float, Fault]],
+        *,
+        model: str | None = None,
+        seed: int | None = None,
+    ) -> None:
+        """Make a share of chat requests to ``model`` (any model if None) fail at random.
+
+        Each matching request draws once: it gets fault ``i`` with probability ``p_i`` and a
+        normal answer with the rest. Queued ``inject_fault`` faults are applied first; a mix
+        for the request's own model is used instead of the one for any model. A new mix for
+        the same ``model`` replaces the old one; ``clear_faults`` drops them all.
+
+        Args:
+            mix: ``(probability, fault)`` pairs; the probabilities must add up to 1 at most.
+            model: Only requests for this model draw from the mix; None matches every model.
+            seed: Seed of the mix's random generator, for a repeatable sequence of draws.
+        """
+        total = 0.0
+        bounds: list[tuple[float, Fault]] = []
+        for probability, fault in mix:
+            if not 0.0 <= probability <= 1.0:
+                raise ValueError(f"probability {probability!r} of {fault} is not in [0, 1]")
+            total += probability
+            bounds.append((total, fault))
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"the fault probabilities add up to {total:g}, more than 1")
+        with self._lock:
+            self._fault_mixes[model] = _FaultMix(bounds, random.Random(seed))
+
     def clear_faults(self) -> None:
-        """Drop all queued faults and release hung requests (their connections are closed)."""
+        """Drop all queued and random faults and release hung requests (closing them)."""
         with self._lock:
             self._faults.clear()
+            self._fault_mixes.clear()
             self._release.set()
             self._release = threading.Event()
 
@@ -311,7 +358,10 @@ class LocalModelServer:
             return entry.context_length if entry else 4096
 
     def _take_fault(self, requested: str, model: str) -> tuple[Fault | None, threading.Event]:
-        """Consume the first queued fault matching the model; also return the release event."""
+        """Consume the first queued fault matching the model, else draw from its random mix.
+
+        Also return the release event that ends a hang.
+        """
         with self._lock:
             for slot in self._faults:
                 if slot.model in (None, requested, model):
@@ -320,7 +370,9 @@ class LocalModelServer:
                         if slot.remaining <= 0:
                             self._faults.remove(slot)
                     return slot.fault, self._release
-            return None, self._release
+            mixes = self._fault_mixes
+            mix = mixes.get(model) or mixes.get(requested) or mixes.get(None)
+            return (mix.draw() if mix else None), self._release
 
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
