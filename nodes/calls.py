@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
+import ollama
+import openai
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler, Callbacks
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
@@ -120,8 +122,6 @@ def _with_handler(callbacks: Callbacks, handler: BaseCallbackHandler) -> Callbac
 
 def translate_error(exc: BaseException, model: ModelConfig, url: str) -> ModelCallError | None:
     """Return the ModelCallError a provider's exception means, or None for a bug of ours."""
-    import ollama
-    import openai
 
     def error(kind: ModelErrorKind, detail: str, **extra: Any) -> ModelCallError:
         return ModelCallError(

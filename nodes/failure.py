@@ -32,6 +32,9 @@ async def record_failure(state: TaskState, error: NodeError) -> Command[Any]:
     return _fail(error.node, exc)
 
 
+#: Hand-offs from cooled-down models a step may make per attempt it may count.
+MAX_HAND_OFFS = 3
+
 #: An error handler that sends a failed step back to selection; LangGraph passes it the
 #: state, the `NodeError` and the run's `Runtime`.
 FallbackHandler = Callable[..., Awaitable[Command[Any]]]
@@ -43,7 +46,9 @@ def fall_back(step: Step, select_node: str) -> FallbackHandler:
     It runs when the node's retries are spent, or at once for an error not worth retrying.
     The failed model is recorded in `failures` (selection leaves it out for the rest of the
     task) and the graph goes back to `select_node`, until the step has tried the task's
-    `max_attempts` models; then the task fails with every attempt listed. A caller's model
+    `max_attempts` models; then the task fails with every attempt listed. A model that was
+    cooled down before its retries were spent is handed off instead: not left out, not
+    counted (up to `MAX_HAND_OFFS` times `max_attempts` hand-offs). A caller's model
     override is never replaced by another model.
     """
 
@@ -53,7 +58,8 @@ def fall_back(step: Step, select_node: str) -> FallbackHandler:
         exc = error.error
         if not isinstance(exc, ModelCallError):
             return await record_failure(state, error)
-        model = runtime.context.models().get(exc.model)
+        registry = runtime.context.models()
+        model = registry.get(exc.model)
         failed = FailedAttempt(
             step=step.value,
             model=exc.model,
@@ -65,11 +71,14 @@ def fall_back(step: Step, select_node: str) -> FallbackHandler:
             context_window=(
                 model.context_window if exc.kind is ModelErrorKind.CONTEXT_OVERFLOW else None
             ),
+            handed_off=exc.give_up and exc.attempts < registry.config.retry.max_attempts,
         )
         tried = [f for f in state.get("failures") or [] if f.step == step.value] + [failed]
         pinned = state.get("model") or (state.get("step_models") or {}).get(step.value)
         max_attempts = state.get("max_attempts", 3)
-        if len(tried) >= max_attempts or pinned:
+        counted = [f for f in tried if not f.handed_off]
+        handed_off = len(tried) - len(counted)
+        if len(counted) >= max_attempts or handed_off > MAX_HAND_OFFS * max_attempts or pinned:
             failed_models = {f.model for f in state.get("failures") or []} | {exc.model}
             why = (
                 f"the caller asked for {pinned} only"
@@ -77,9 +86,7 @@ def fall_back(step: Step, select_node: str) -> FallbackHandler:
                 else f"not tried: the task's max_attempts ({max_attempts}) was reached"
             )
             remaining = {
-                name: why
-                for name in runtime.context.models().config.model_names
-                if name not in failed_models
+                name: why for name in registry.config.model_names if name not in failed_models
             }
             exhausted = AttemptsExhaustedError(
                 step.value, [f.as_record() for f in tried], remaining

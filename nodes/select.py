@@ -65,7 +65,7 @@ def select_model_for(step: Step) -> SelectNode:
                     settings=config.selection,
                     cooldown=config.cooldown,
                     override=override,
-                    excluded={f.model for f in failures},
+                    excluded={f.model for f in failures if not f.handed_off},
                     larger_than=max(overflowed, default=0),
                     now=book.clock(),
                     explain=True,
@@ -75,7 +75,7 @@ def select_model_for(step: Step) -> SelectNode:
                 if pause is None or waited + pause > config.cooldown.max_wait_seconds:
                     if step_failures:
                         attempts = [f.as_record() for f in step_failures]
-                        tried = {f.model for f in failures}
+                        tried = {f.model for f in failures if not f.handed_off}
                         others = {m: why for m, why in error.reasons.items() if m not in tried}
                         raise AttemptsExhaustedError(step.value, attempts, others) from None
                     raise

@@ -72,7 +72,8 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
         except ModelCallError as error:
             stats = await book.record_failure(error)
             too_long = (error.retry_after or 0.0) > registry.config.retry.max_retry_after
-            if stats.cooldown_reason is CooldownReason.FAILURES or too_long:
+            resting = stats.cooldown_reason is CooldownReason.FAILURES
+            if (resting and stats.cooldown_left(book.clock()) > 0) or too_long:
                 error.give_up = True  # the model is resting: fall back, do not retry it
             raise
         await book.record_success(call)

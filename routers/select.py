@@ -59,6 +59,9 @@ def why_not(model: ModelConfig, requirements: Requirements, prompt_tokens: int) 
 
 FACTORS = ("capability", "success_rate", "latency", "cost", "provider")
 
+#: How often a task waiting for a model on trial looks again.
+TRIAL_POLL_SECONDS = 0.5
+
 
 @dataclass(frozen=True)
 class Ranking:
@@ -124,9 +127,9 @@ def rank_models(
                 back_in[model.name] = left
             elif health is Health.ON_TRIAL:
                 reason = "back from a cooldown; another task's trial call is under way"
-                back_in[model.name] = max(
-                    0.0, (record.trial_started_at or now) + model.timeout - now
-                )
+                # The trial may end any moment: look again soon.
+                trial_ends = (record.trial_started_at or now) + model.timeout
+                back_in[model.name] = min(TRIAL_POLL_SECONDS, max(0.0, trial_ends - now))
             elif health is Health.TRIAL:
                 trial = True
             elif record.success_rate < settings.min_availability:

@@ -81,6 +81,9 @@ class FailedAttempt(BaseModel):
     """Tokens it had streamed before the last failure."""
     context_window: int | None = None
     """Its context window, for a context overflow: the next model needs a larger one."""
+    handed_off: bool = False
+    """The model was cooled down before its retries were spent: the step moved on without
+    counting it as failed for the task, and may come back to it after the cooldown."""
 
     def as_record(self) -> dict[str, Any]:
         """Return the JSON-safe summary the terminal error lists."""

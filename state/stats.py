@@ -94,13 +94,24 @@ class ModelStats(BaseModel):
     ) -> ModelStats:
         """Return the record after a successful call.
 
-        A success ends any cooldown; when it was a trial after failures, the success rate
-        starts over from `reset_success_rate` (the config's initial figure): the model is back.
+        A success after a cooldown (the trial call) brings the model back, its success rate
+        starting over from `reset_success_rate` (the config's initial figure). A success
+        during a cooldown comes from a call sent before it began and does not end it.
         """
-        after_failures = self.cooldown_reason is not None
-        success_rate = _ema(self.success_rate, 1.0, alpha)
-        if after_failures:
-            success_rate = max(success_rate, reset_success_rate)
+        if self.cooldown_left(now) > 0:
+            # A call sent before the cooldown began: counted, but the model still rests.
+            back: dict[str, Any] = {}
+            success_rate = _ema(self.success_rate, 1.0, alpha)
+        else:
+            back = {
+                "consecutive_failures": 0,
+                "cooldown_until": None,
+                "cooldown_reason": None,
+                "trial_started_at": None,
+            }
+            success_rate = _ema(self.success_rate, 1.0, alpha)
+            if self.cooldown_reason is not None:  # the trial call succeeded: it is back
+                success_rate = max(success_rate, reset_success_rate)
         first_token = first_token_ms
         if first_token_ms is not None and self.first_token_ms is not None:
             first_token = _ema(self.first_token_ms, first_token_ms, alpha)
@@ -114,11 +125,8 @@ class ModelStats(BaseModel):
                 "input_tokens": self.input_tokens + input_tokens,
                 "output_tokens": self.output_tokens + output_tokens,
                 "cost": self.cost + cost,
-                "consecutive_failures": 0,
-                "cooldown_until": None,
-                "cooldown_reason": None,
-                "trial_started_at": None,
                 "last_call_at": now,
+                **back,
             }
         )
 
@@ -138,7 +146,8 @@ class ModelStats(BaseModel):
 
         A 429 with Retry-After cools the model down at once for that long (capped at
         `max_retry_after`). Otherwise `allowed_fails` consecutive failures, or a failed trial
-        call, cool it down for `cooldown_seconds`.
+        call, cool it down for `cooldown_seconds`. A failure during a cooldown comes from a
+        call sent before it began: it is counted and leaves the cooldown as it is.
         """
         consecutive = self.consecutive_failures + 1
         update: dict[str, Any] = {
@@ -154,6 +163,9 @@ class ModelStats(BaseModel):
             "last_call_at": now,
             "last_error": {"kind": kind, "message": message, "at": now},
         }
+        if self.cooldown_left(now) > 0 and not (retry_after and kind == "rate_limited"):
+            # A call sent before the cooldown began: counted, but the cooldown stands.
+            return self.model_copy(update=update)
         was_on_trial = self.cooldown_reason is CooldownReason.FAILURES
         if retry_after is not None and kind == "rate_limited":
             until = now + min(retry_after, max_retry_after)

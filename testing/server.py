@@ -394,6 +394,7 @@ class _HTTPServer(ThreadingHTTPServer):
     """Threading HTTP server that knows its owner and tracks open connections."""
 
     daemon_threads = True
+    request_queue_size = 128  # many clients at once (benchmarks) must not be refused
 
     def __init__(self, address: tuple[str, int], owner: LocalModelServer) -> None:
         self.owner = owner

@@ -20,6 +20,7 @@ from modelyard.graphs import (
     build_plan_and_implement_graph,
     build_route_graph,
 )
+from modelyard.nodes import StatsBook
 from modelyard.state import (
     ModelCallError,
     ModelErrorKind,
@@ -411,3 +412,20 @@ async def test_invalid_per_task_options_fail_the_task_clearly() -> None:
     assert state["error"]["kind"] == "InvalidTaskError"
     assert "temperature" in state["error"]["message"] and "temprature" in state["error"]["message"]
     assert coder.calls == []
+
+
+async def test_a_model_cooled_down_mid_task_is_handed_off_not_counted_as_failed() -> None:
+    store = InMemoryStore()
+    book = StatsBook(store, FAST)
+    for _ in range(FAST.cooldown.allowed_fails - 1):  # other tasks' failures
+        await book.record_failure(call_error(ModelErrorKind.SERVER_ERROR))
+    coder = ScriptedChatModel(replies=[call_error(ModelErrorKind.SERVER_ERROR), "never"])
+    reasoner = ScriptedChatModel(replies=["from the reasoner"])
+    graph = build_route_graph(FAST).compile(store=store)
+    state = await graph.ainvoke(SORT, context=scripted_context(reasoner, coder))
+    assert state["assigned_model"] == "reasoner"
+    assert len(coder.calls) == 1  # cooled down by this failure: not retried
+    (handed,) = state["failures"]
+    assert (handed.model, handed.calls, handed.handed_off) == ("coder", 1, True)
+    excluded = state["selections"]["answer"].excluded["coder"]
+    assert excluded.startswith("cooled down for")  # not "already failed for this task"

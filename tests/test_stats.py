@@ -330,3 +330,14 @@ async def test_an_unreachable_postgres_names_it_without_the_password() -> None:
             pass
     assert "postgresql://me:***@127.0.0.1:1/nowhere" in str(info.value)
     assert "s3cret" not in str(info.value)
+
+
+def test_late_results_during_a_cooldown_leave_it_as_it_is() -> None:
+    cooled = fail(fail(fail(ModelStats(model="m"))))  # cooled until NOW + 60
+    late_failure = fail(cooled, now=NOW + 5)
+    assert late_failure.cooldown_until == NOW + 60  # not pushed back
+    assert late_failure.failures == 4
+    late_success = succeed(cooled, now=NOW + 5)
+    assert late_success.cooldown_until == NOW + 60  # not ended by a call sent before it
+    assert late_success.health(NOW + 5, 3, 10) is Health.COOLING
+    assert late_success.successes == 1
