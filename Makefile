@@ -46,6 +46,8 @@ test: lint typecheck pytest
 
 bench: setup
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/adaptation.py
+	$(BIN)/python bench/chaos.py
 
 clean:
 	rm -rf $(VENV) .mypy-src .pytest_cache .mypy_cache .ruff_cache *.egg-info
