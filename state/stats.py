@@ -98,18 +98,15 @@ class ModelStats(BaseModel):
         starting over from `reset_success_rate` (the config's initial figure). A success
         during a cooldown comes from a call sent before it began and does not end it.
         """
-        if self.cooldown_left(now) > 0:
-            # A call sent before the cooldown began: counted, but the model still rests.
-            back: dict[str, Any] = {}
-            success_rate = _ema(self.success_rate, 1.0, alpha)
-        else:
+        success_rate = _ema(self.success_rate, 1.0, alpha)
+        back: dict[str, Any] = {}
+        if self.cooldown_left(now) <= 0:  # else a call sent before the cooldown: it stands
             back = {
                 "consecutive_failures": 0,
                 "cooldown_until": None,
                 "cooldown_reason": None,
                 "trial_started_at": None,
             }
-            success_rate = _ema(self.success_rate, 1.0, alpha)
             if self.cooldown_reason is not None:  # the trial call succeeded: it is back
                 success_rate = max(success_rate, reset_success_rate)
         first_token = first_token_ms
