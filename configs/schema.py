@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -37,6 +37,7 @@ DEFAULT_OLLAMA_URL = "http://localhost:11434"
 OPENAI_API_URL = "https://api.openai.com/v1"
 MAIN_ROLE_ALL = "chatcompletions"
 POST_ROLE = "postcompletions"
+_V = TypeVar("_V")
 
 
 class _Strict(BaseModel):
@@ -102,6 +103,18 @@ class GenerationOptions(_Strict):
 OPENAI_NATIVE_OPTIONS = frozenset(
     {"temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty", "seed", "stop"}
 )
+
+
+def known_provider_keys(value: dict[str, _V]) -> dict[str, _V]:
+    """Return `value` when every key is a known provider; else raise naming the unknown ones."""
+    unknown = sorted(set(value) - KNOWN_PROVIDERS)
+    if unknown:
+        raise PydanticCustomError(
+            "unknown_provider",
+            "unknown provider {names}; known providers: {known}",
+            {"names": ", ".join(unknown), "known": ", ".join(sorted(KNOWN_PROVIDERS))},
+        )
+    return value
 
 
 class Cost(_Strict):
@@ -357,14 +370,7 @@ class SelectionSettings(_Strict):
     @field_validator("provider_preference")
     @classmethod
     def _known_providers(cls, value: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(value) - KNOWN_PROVIDERS)
-        if unknown:
-            raise PydanticCustomError(
-                "unknown_provider",
-                "unknown provider {names}; known providers: {known}",
-                {"names": ", ".join(unknown), "known": ", ".join(sorted(KNOWN_PROVIDERS))},
-            )
-        return value
+        return known_provider_keys(value)
 
 
 class CooldownSettings(_Strict):
@@ -424,14 +430,7 @@ class ModelyardConfig(_Strict):
     @field_validator("providers")
     @classmethod
     def _known_provider_keys(cls, value: dict[str, ProviderSettings]) -> dict[str, Any]:
-        unknown = sorted(set(value) - KNOWN_PROVIDERS)
-        if unknown:
-            raise PydanticCustomError(
-                "unknown_provider",
-                "unknown provider {names}; known providers: {known}",
-                {"names": ", ".join(unknown), "known": ", ".join(sorted(KNOWN_PROVIDERS))},
-            )
-        return value
+        return known_provider_keys(value)
 
     @property
     def model_names(self) -> list[str]:
