@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/adaptation.py
 	$(BIN)/python bench/chaos.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) .mypy-src .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -20,6 +21,7 @@ from modelyard.cli.output import (
     summary_line,
     task_json,
 )
+from modelyard.cli.progress import PullProgressView
 from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
 from modelyard.configs.availability import check_models
 from modelyard.configs.persistence import open_store
@@ -87,7 +89,13 @@ def run(
         async with open_store(config.persistence) as store:
             graph = builder(config).compile(store=store)
             if as_json:
-                result: dict[str, Any] = await graph.ainvoke(task.to_input(), context=context)
+                pulls = PullProgressView(err)
+                stop = registry.server_models.add_listener(lambda p: pulls.show(p.as_event()))
+                try:
+                    result: dict[str, Any] = await graph.ainvoke(task.to_input(), context=context)
+                finally:
+                    stop()
+                    pulls.close()
                 return result
             return await _stream(graph, task, context)
 
@@ -110,14 +118,19 @@ async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
 
     A retried step starts over: its heading says which attempt it is, so text from a failed
     attempt is not mistaken for the answer. A model that fails after streaming text is
-    named, with the model the step continues on.
+    named, with the model the step continues on. A model being pulled shows its progress.
     """
     current: tuple[str, int] | None = None
     printed = False
     state: dict[str, Any] = {}
+    pulls = PullProgressView(err)
     async for mode, chunk in graph.astream(
         task.to_input(), context=context, stream_mode=["messages", "updates", "values", "custom"]
     ):
+        if mode == "custom" and isinstance(chunk, dict) and chunk.get("modelyard_event") == "pull":
+            pulls.show(chunk)
+            continue
+        pulls.close()
         if mode == "values":
             state = chunk
         elif mode == "custom":
@@ -155,6 +168,7 @@ async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
             sys.stdout.write(message.content)
             sys.stdout.flush()
             printed = printed or bool(message.content)
+    pulls.close()
     if printed:
         sys.stdout.write("\n")
         sys.stdout.flush()
@@ -222,6 +236,72 @@ def stats(
     if not console.is_terminal:
         console = Console(highlight=False, width=200)
     console.print(render_stats(config, records, now))
+
+
+@app.command()
+def compare(
+    prompt: Annotated[str, typer.Argument(help="The question every model answers.")],
+    models: Annotated[
+        list[str],
+        typer.Option("--models", "-m", help="Configured models: a,b,c (or repeat --models)."),
+    ],
+    config_file: ConfigOption = None,
+    task_type: Annotated[
+        TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object instead of the table.")
+    ] = False,
+) -> None:
+    """Ask several models one prompt at once and show their answers side by side."""
+    from modelyard.cli.compare import compare_command
+
+    compare_command(prompt, models, config_file, task_type, as_json)
+
+
+@app.command()
+def batch(
+    file: Annotated[Path, typer.Argument(help='JSONL: one task per line, {"prompt": ...}.')],
+    config_file: ConfigOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=1, help="Tasks at once; default: runner.workers."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Results JSONL; default: standard output."),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option("--db", help="Database for the queue and checkpoints; default: the config's."),
+    ] = None,
+    graph: Annotated[
+        str,
+        typer.Option("--graph", "-g", help="Graph for lines without one."),
+    ] = "route",
+) -> None:
+    """Run a file of tasks through the runner; run it again to pick up where it stopped.
+
+    Each line: {"prompt": ..., "task_type": ..., "model": ..., "priority": ..., "id": ...}
+    (all but prompt optional). Results are written as JSONL as tasks finish.
+    """
+    from modelyard.cli.batch import BatchFileError, batch_main
+
+    config, registry = _load(config_file)
+    try:
+        code = batch_main(
+            file,
+            config=config,
+            registry=registry,
+            workers=workers,
+            out=out,
+            db=db,
+            graph=graph,
+            console=err,
+        )
+    except BatchFileError as exc:
+        raise UsageError(str(exc)) from exc
+    raise typer.Exit(code)
 
 
 @app.command()

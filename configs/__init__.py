@@ -6,14 +6,19 @@ from modelyard.configs.loader import (
     packaged_configs,
     resolve_config_path,
 )
+from modelyard.configs.pull import PullProgress
 from modelyard.configs.registry import ModelRegistry
 from modelyard.configs.schema import GenerationOptions, ModelConfig, ModelyardConfig
+from modelyard.configs.server_models import ServerModels, check_configured_models
 
 __all__ = [
     "GenerationOptions",
     "ModelConfig",
     "ModelRegistry",
     "ModelyardConfig",
+    "PullProgress",
+    "ServerModels",
+    "check_configured_models",
     "load_config",
     "load_config_text",
     "packaged_configs",

@@ -26,11 +26,11 @@ class Availability:
 async def check_models(config: ModelyardConfig, *, timeout: float = 3.0) -> list[Availability]:
     """Return each model's availability, asking each server once."""
     listings: dict[tuple[str, str], asyncio.Task[tuple[set[str] | None, str]]] = {}
-    keys = [_listing_key(config, model) for model in config.models]
+    keys = [listing_key(config, model) for model in config.models]
     async with httpx.AsyncClient(timeout=timeout) as client:
         for model, key in zip(config.models, keys, strict=True):
             if key is not None and key not in listings:
-                listings[key] = asyncio.create_task(_list_models(client, config, model, key))
+                listings[key] = asyncio.create_task(list_server_models(client, config, model))
         results = []
         for model, key in zip(config.models, keys, strict=True):
             url = config.base_url_for(model)
@@ -41,27 +41,46 @@ async def check_models(config: ModelyardConfig, *, timeout: float = 3.0) -> list
             if names is None:
                 results.append(Availability(model.name, url, False, None, detail))
             else:
-                found = model.model in names or _ollama_latest(model, names)
-                results.append(Availability(model.name, url, True, found, detail))
+                results.append(Availability(model.name, url, True, is_listed(model, names), detail))
         return results
 
 
-def _listing_key(config: ModelyardConfig, model: ModelConfig) -> tuple[str, str] | None:
+def http_client(url: str, timeout: float | httpx.Timeout) -> httpx.AsyncClient:
+    """Return an HTTP client for the server at `url`.
+
+    Plain `http://` needs no certificates, and loading them costs 0.1 s of CPU per client.
+    """
+    return httpx.AsyncClient(timeout=timeout, verify=url.startswith("https://"))
+
+
+def listing_key(config: ModelyardConfig, model: ModelConfig) -> tuple[str, str] | None:
+    """Return (protocol, URL) of the server that can list a model, or None when none can."""
     url = config.base_url_for(model)
     if url is None or model.protocol == "init_chat_model":
         return None
     return model.protocol, url
 
 
-def _ollama_latest(model: ModelConfig, names: set[str]) -> bool:
+def is_listed(model: ModelConfig, names: set[str]) -> bool:
+    """Whether a server's listing has the model (Ollama's `x` is `x:latest`)."""
+    if model.model in names:
+        return True
     return (
         model.protocol == "ollama" and ":" not in model.model and f"{model.model}:latest" in names
     )
 
 
-async def _list_models(
-    client: httpx.AsyncClient, config: ModelyardConfig, model: ModelConfig, key: tuple[str, str]
+async def list_server_models(
+    client: httpx.AsyncClient, config: ModelyardConfig, model: ModelConfig
 ) -> tuple[set[str] | None, str]:
+    """Return the models on `model`'s server (None when it cannot be asked) and why not.
+
+    Ollama's `/api/tags` or an OpenAI-compatible server's `/models`; call it only for a model
+    that has a `listing_key`.
+    """
+    key = listing_key(config, model)
+    if key is None:
+        raise ValueError(f"model {model.name!r} is on no server that lists its models")
     protocol, url = key
     headers = {}
     api_key = config.api_key_for(model)

@@ -24,6 +24,10 @@ CONFIG_ENV_VAR = "MODELYARD_CONFIG"
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Loc = tuple[str | int, ...]
 Positions = dict[Loc, tuple[int, int]]
+#: Schema errors whose message says it all: no "(got ...)" after it.
+_WHOLE_MESSAGES = frozenset(
+    {"missing_provider", "unknown_provider", "capability_range", "auto_pull_not_ollama"}
+)
 
 
 def packaged_configs() -> dict[str, Path]:
@@ -368,7 +372,7 @@ def _message_for(error: Any, loc: Loc) -> str:
     if "capabilities" in loc and kind in ("less_than_equal", "greater_than_equal"):
         return f"capability {loc[-1]} is {value}; expected a score from 0.0 to 1.0"
     message = error["msg"].removeprefix("Value error, ")
-    if secret or kind in {"missing_provider", "unknown_provider", "capability_range"}:
+    if secret or kind in _WHOLE_MESSAGES:
         return message
     if isinstance(value, dict | list):
         return message

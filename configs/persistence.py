@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import zlib
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 
@@ -72,32 +75,174 @@ async def _sqlite_store(location: str) -> AsyncIterator[BaseStore]:
     from langgraph.store.sqlite.aio import AsyncSqliteStore
 
     path = Path(location).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=SQLITE_BUSY_TIMEOUT)
-    except (OSError, aiosqlite.Error) as exc:
-        raise PersistenceError(
-            f"cannot open the stats database {str(path)!r}: {exc}. Set persistence.url in "
-            "the config to a writable file, `memory`, or a postgresql:// URL"
-        ) from exc
-    lock_path = path.with_name(path.name + ".lock")
-    try:
+    async with sqlite_connection(path, purpose="stats database") as conn:
         store = AsyncSqliteStore(conn)
         try:
             # Setting up a new file runs migrations: one process at a time.
-            async with _file_lock(lock_path):
-                await conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
-                await conn.execute("PRAGMA journal_mode=WAL")
+            async with _file_lock(_lock_path(path)):
                 await store.setup()
         except aiosqlite.Error as exc:
             raise PersistenceError(
                 f"the stats database {str(path)!r} cannot be used: {exc}. Move it away, or "
                 "point persistence.url elsewhere"
             ) from exc
-        _update_locks[store] = lambda: _file_lock(lock_path)
-        yield store
+        _update_locks[store] = lambda: _file_lock(_lock_path(path))
+        try:
+            yield store
+        finally:
+            await _stop_batching(store)
+
+
+async def _stop_batching(store: BaseStore) -> None:
+    """Stop the store's background batching task before its connection closes.
+
+    LangGraph's async SQL stores batch operations in a task that is only cancelled when the
+    store is garbage-collected; left running, it is reported as destroyed while pending.
+    """
+    task = getattr(store, "_task", None)
+    if isinstance(task, asyncio.Task) and not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+@asynccontextmanager
+async def sqlite_connection(
+    path: Path, *, purpose: str, autocommit: bool = True
+) -> AsyncIterator[Any]:
+    """Open an aiosqlite connection to `path` (its folder made when missing), in WAL mode.
+
+    WAL lets several connections and processes share the file; `synchronous=NORMAL` keeps
+    every committed transaction through a crash of the process (only a power cut can lose
+    the last ones) without a disk flush per commit.
+
+    Args:
+        path: The SQLite file.
+        purpose: What the file holds, for error messages ("stats database", ...).
+        autocommit: Each statement commits by itself (else Python's implicit transactions,
+            which LangGraph's SQLite checkpointer expects).
+
+    Raises:
+        PersistenceError: the file cannot be opened; says which and what to do.
+    """
+    import aiosqlite
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(
+            str(path),
+            timeout=SQLITE_BUSY_TIMEOUT,
+            **({"isolation_level": None} if autocommit else {}),
+        )
+    except (OSError, aiosqlite.Error) as exc:
+        raise PersistenceError(
+            f"cannot open the {purpose} {str(path)!r}: {exc}. Set persistence.url in "
+            "the config to a writable file, `memory`, or a postgresql:// URL"
+        ) from exc
+    try:
+        try:
+            async with _file_lock(_lock_path(path)):
+                await conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+                await conn.execute("PRAGMA journal_mode=WAL")
+                await conn.execute("PRAGMA synchronous=NORMAL")
+                if not autocommit:
+                    await conn.commit()
+        except aiosqlite.Error as exc:
+            raise PersistenceError(
+                f"the {purpose} {str(path)!r} cannot be used: {exc}. Move it away, or "
+                "point persistence.url elsewhere"
+            ) from exc
+        yield conn
     finally:
         await conn.close()
+
+
+@asynccontextmanager
+async def open_checkpointer(
+    settings: PersistenceSettings | None = None, *, pool: Any = None
+) -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    """Open a LangGraph checkpointer in the database `settings.url` names, set up for use.
+
+    The same database as the stats store: a SQLite file (default), `memory`, or
+    PostgreSQL. Checkpoints are written with modelyard's serializer.
+
+    Args:
+        settings: The config's persistence settings.
+        pool: For PostgreSQL, a psycopg `AsyncConnectionPool` to share; opened when absent.
+
+    Raises:
+        PersistenceError: the database cannot be opened; says which and why.
+    """
+    from modelyard.state.serde import checkpoint_serializer
+
+    settings = settings or PersistenceSettings()
+    serde = checkpoint_serializer()
+    if settings.backend == "memory":
+        yield InMemorySaver(serde=serde)
+    elif settings.backend == "postgres":
+        from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+
+        async with postgres_pool(settings.url, given=pool) as opened:
+            saver = AsyncPostgresSaver(opened, serde=serde)
+            async with opened.connection() as conn, _AdvisoryLock(conn).hold():
+                await saver.setup()  # migrations: one process at a time
+            yield saver
+    else:
+        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+
+        path = Path(settings.url).expanduser()
+        async with sqlite_connection(path, purpose="checkpoint database", autocommit=False) as conn:
+            sqlite_saver = AsyncSqliteSaver(conn, serde=serde)
+            async with _file_lock(_lock_path(path)):
+                await sqlite_saver.setup()
+            yield sqlite_saver
+
+
+@asynccontextmanager
+async def postgres_pool(url: str, *, given: Any = None, size: int = 8) -> AsyncIterator[Any]:
+    """Yield `given`, or a psycopg connection pool to `url` opened for the block.
+
+    Connections are in autocommit mode with dict rows and no prepared statements, as
+    LangGraph's PostgreSQL checkpointer expects.
+
+    Raises:
+        PersistenceError: PostgreSQL support is missing or the server cannot be reached.
+    """
+    if given is not None:
+        yield given
+        return
+    try:
+        import psycopg
+        from psycopg.rows import dict_row
+        from psycopg_pool import AsyncConnectionPool, PoolTimeout
+    except ImportError as exc:
+        raise PersistenceError(
+            f"persistence.url is a PostgreSQL URL but PostgreSQL support is not installed "
+            f"({exc.name} is missing); run `pip install 'modelyard[postgres]'`"
+        ) from exc
+    pool = AsyncConnectionPool(
+        url,
+        min_size=1,
+        max_size=size,
+        open=False,
+        kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+    )
+    try:
+        await pool.open(wait=True, timeout=10)
+    except (psycopg.OperationalError, PoolTimeout) as exc:
+        await pool.close()
+        raise PersistenceError(
+            f"cannot reach the database at {_redacted(url)}: {str(exc).strip()}. "
+            "Is PostgreSQL running, and does the database exist?"
+        ) from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @asynccontextmanager
@@ -150,7 +295,10 @@ async def _postgres_store(url: str) -> AsyncIterator[BaseStore]:
                 "Is PostgreSQL running, and does the database exist?"
             ) from exc
         _update_locks[store] = lock.hold
-        yield store
+        try:
+            yield store
+        finally:
+            await _stop_batching(store)
 
 
 class _AdvisoryLock:

@@ -21,6 +21,7 @@ from langchain_core.runnables import Runnable
 
 from modelyard.configs.schema import OPENAI_NATIVE_OPTIONS, GenerationOptions, ModelConfig
 from modelyard.configs.schema import ModelyardConfig as Config
+from modelyard.configs.server_models import ServerModels
 from modelyard.state import ConfigError, ConfigProblem, UnknownModelError
 
 ChatRunnable = Runnable[LanguageModelInput, BaseMessage]
@@ -67,6 +68,8 @@ class ModelRegistry:
         self._clients = dict(clients or {})
         for name in self._clients:
             self.get(name, where="(in clients=)")
+        self.server_models = ServerModels(config, unchecked=self._clients)
+        """What each model's server has; `ensure` before a call, `check_all` at start-up."""
         problems = [
             ConfigProblem(config.source, f"models[{index}].{'.'.join(field)}", message)
             for index, field, message in client_problems(config)

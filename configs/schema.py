@@ -180,6 +180,9 @@ class ModelConfig(_Strict):
     """Seconds before a request to this model is abandoned."""
     initial_stats: InitialStats = Field(default_factory=InitialStats)
     """What selection assumes of the model before its first call."""
+    auto_pull: bool | None = None
+    """Pull the model through Ollama's `/api/pull` when its server lacks it, before the
+    first task that needs it. Unset: on for Ollama models; only Ollama models can pull."""
 
     @model_validator(mode="before")
     @classmethod
@@ -214,6 +217,20 @@ class ModelConfig(_Strict):
             {"provider": value, "known": ", ".join(sorted(KNOWN_PROVIDERS))},
         )
 
+    @field_validator("auto_pull")
+    @classmethod
+    def _pull_needs_ollama(cls, value: bool | None, info: ValidationInfo) -> bool | None:
+        provider = (info.data or {}).get("provider")
+        if value and provider is not None and provider != "ollama":
+            raise PydanticCustomError(
+                "auto_pull_not_ollama",
+                "auto_pull works with Ollama models only (it pulls through /api/pull), and "
+                "this model's provider is '{provider}'; remove auto_pull and make the model "
+                "available on its server yourself",
+                {"provider": provider},
+            )
+        return value
+
     @property
     def protocol(self) -> Literal["ollama", "openai", "init_chat_model"]:
         """Return which client family talks to this model."""
@@ -222,6 +239,11 @@ class ModelConfig(_Strict):
         if self.provider == "openai" or self.provider in OPENAI_COMPATIBLE:
             return "openai"
         return "init_chat_model"
+
+    @property
+    def pulls_missing(self) -> bool:
+        """Whether modelyard pulls this model when its server lacks it (see `auto_pull`)."""
+        return self.protocol == "ollama" if self.auto_pull is None else self.auto_pull
 
     @property
     def reference(self) -> str:
@@ -385,7 +407,8 @@ class CooldownSettings(_Strict):
 
 
 class PersistenceSettings(_Strict):
-    """Where modelyard keeps what outlives a process: the per-model stats."""
+    """Where modelyard keeps what outlives a process: per-model stats, the task queue and
+    the tasks' checkpoints, all in one database."""
 
     url: str = ".modelyard/modelyard.db"
     """A SQLite file (made with its folder when missing), `memory` for a store that lives
@@ -401,6 +424,17 @@ class PersistenceSettings(_Strict):
         return "sqlite"
 
 
+class RunnerSettings(_Strict):
+    """How the task runner works through its queue."""
+
+    workers: int = Field(default=4, ge=1, le=4096)
+    """Tasks run at once (async workers; a local Ollama serves a few at a time)."""
+    durability: Literal["sync", "async", "exit"] = "sync"
+    """When a task's checkpoints are written (LangGraph's `durability`): `sync` before each
+    next step starts, so a step that completed is never run again after a crash; `async`
+    while the next step runs (a crash can repeat the last step); `exit` only at the end."""
+
+
 class ModelyardConfig(_Strict):
     """A whole config: the models and the settings beside them."""
 
@@ -410,6 +444,7 @@ class ModelyardConfig(_Strict):
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
     cooldown: CooldownSettings = Field(default_factory=CooldownSettings)
     persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
     source: str = Field(default="<python>", exclude=True)
     """Where the config was read from, for error messages."""
 

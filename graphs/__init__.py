@@ -1,7 +1,26 @@
 """Graph builders (uncompiled StateGraphs), their compiled graphs, and helpers to run tasks."""
 
+from modelyard.graphs.fan_out import build_fan_out_graph, compare_models, parallel_tasks
 from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
 from modelyard.graphs.route import build_route_graph
 from modelyard.graphs.run import arun_task, run_task
+from modelyard.graphs.run_fan_out import acompare, arun_fan_out, run_fan_out
+from modelyard.graphs.runner import RunnerClosedError, TaskRunner
+from modelyard.state.fan_out import Branch, BranchResult
 
-__all__ = ["arun_task", "build_plan_and_implement_graph", "build_route_graph", "run_task"]
+__all__ = [
+    "Branch",
+    "BranchResult",
+    "RunnerClosedError",
+    "TaskRunner",
+    "acompare",
+    "arun_fan_out",
+    "arun_task",
+    "build_fan_out_graph",
+    "build_plan_and_implement_graph",
+    "build_route_graph",
+    "compare_models",
+    "parallel_tasks",
+    "run_fan_out",
+    "run_task",
+]

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import ollama
 import openai
-from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler, Callbacks
+from langchain_core.callbacks import BaseCallbackHandler, Callbacks
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.runnables import RunnableConfig
 
@@ -95,14 +95,19 @@ async def call_model(
     return message, record
 
 
-class _FirstToken(AsyncCallbackHandler):
-    """Notes when the first token of a streamed answer arrives, and counts the tokens."""
+class _FirstToken(BaseCallbackHandler):
+    """Notes when the first token of a streamed answer arrives, and counts the tokens.
+
+    A plain handler run inline: an async one would cost an asyncio task per token.
+    """
+
+    run_inline = True
 
     def __init__(self) -> None:
         self.at: float | None = None
         self.count = 0
 
-    async def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
+    def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         if token:
             self.count += 1
             if self.at is None:

@@ -7,10 +7,10 @@ from typing import Any, Protocol
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.config import get_config
+from langgraph.config import get_config, get_stream_writer
 from langgraph.runtime import Runtime
 
-from modelyard.configs import ModelRegistry
+from modelyard.configs import ModelRegistry, PullProgress
 from modelyard.configs.templates import render_prompt
 from modelyard.nodes.calls import call_model
 from modelyard.nodes.context import Context
@@ -19,6 +19,7 @@ from modelyard.state import (
     CooldownReason,
     ModelCallError,
     ModelErrorKind,
+    ModelNotOnServerError,
     Step,
     TaskContext,
     TaskEvent,
@@ -60,6 +61,7 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
         if attempt > 1:
             await wait_out_rate_limit(book, registry, model.name, attempt)
         try:
+            await ensure_on_server(registry, model.name, attempt=attempt)
             message, call = await call_model(
                 registry,
                 model.name,
@@ -70,6 +72,8 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
                 attempt=attempt,
             )
         except ModelCallError as error:
+            if error.kind is ModelErrorKind.NOT_FOUND:
+                registry.server_models.forget(model.name)  # ask its server again next time
             stats = await book.record_failure(error)
             too_long = (error.retry_after or 0.0) > registry.config.retry.max_retry_after
             resting = stats.cooldown_reason is CooldownReason.FAILURES
@@ -139,6 +143,39 @@ async def wait_out_rate_limit(
     raise error
 
 
+async def ensure_on_server(registry: ModelRegistry, name: str, *, attempt: int = 1) -> None:
+    """Before a call: make sure the model is on its server, pulling it when it may.
+
+    Pull progress goes to the run's custom stream (`{"modelyard_event": "pull", ...}`).
+
+    Raises:
+        ModelCallError: `not_found`, not retryable: the server lacks the model and it may
+            not be pulled, or the pull failed; says what the server has and what to do.
+    """
+    try:
+        await registry.server_models.ensure(name, listener=stream_pull_progress)
+    except ModelNotOnServerError as exc:
+        (missing,) = exc.missing
+        error = ModelCallError(
+            ModelErrorKind.NOT_FOUND,
+            model=name,
+            url=registry.base_url(name),
+            detail=missing.detail,
+            hint=missing.advice,
+        )
+        error.attempts = attempt
+        raise error from exc
+
+
+def stream_pull_progress(progress: PullProgress) -> None:
+    """Report a pull's progress on the run's custom stream; do nothing outside a run."""
+    try:
+        write = get_stream_writer()
+    except (RuntimeError, KeyError):
+        return
+    write(progress.as_event())
+
+
 def _prompt_values(state: TaskState) -> dict[str, str]:
     return {"prompt": state["prompt"], "plan": state.get("plan", "")}
 
@@ -155,7 +192,7 @@ def _tagged(
         "metadata": {
             **config.get("metadata", {}),
             "modelyard_task_id": state.get("task_id"),
-            "modelyard_task_type": task_type.value if task_type else None,
+            "modelyard_task_type": str(task_type) if task_type else None,
             "modelyard_step": step.value,
             "modelyard_model": model,
             "modelyard_attempt": attempt,

@@ -36,7 +36,8 @@ def estimate_tokens(text: str) -> int:
 
 def task_type_for_step(step: Step, task_type: TaskType | None) -> TaskType:
     """Return the task type that picks the model for a step."""
-    return STEP_TASK_TYPES.get(step, task_type or TaskType.GENERAL)
+    # A checkpointer that keeps plain strings as JSON (PostgreSQL) gives the enum back as str.
+    return STEP_TASK_TYPES.get(step, TaskType(task_type) if task_type else TaskType.GENERAL)
 
 
 def why_not(model: ModelConfig, requirements: Requirements, prompt_tokens: int) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -132,6 +133,100 @@ class AttemptsExhaustedError(ModelyardError):
 
 class InvalidTaskError(ModelyardError):
     """A task that cannot run as given (an empty prompt, an unknown task type, ...)."""
+
+
+#: How many of a server's models an error lists before it says how many more there are.
+LISTED_MODELS = 20
+
+
+@dataclass(frozen=True)
+class MissingModel:
+    """A configured model that its server does not have."""
+
+    name: str
+    """The configured model's name."""
+    model_id: str
+    """The id the server was asked for (the config's `model:`)."""
+    url: str
+    """The server's URL."""
+    protocol: str
+    """`ollama`, or `openai` for OpenAI and OpenAI-compatible servers."""
+    available: tuple[str, ...]
+    """The models the server has."""
+    pull_error: str | None = None
+    """Why pulling the model failed, when modelyard tried."""
+
+    @property
+    def server(self) -> str:
+        """Return what kind of server it is, for messages."""
+        if self.protocol == "ollama":
+            return "the Ollama server"
+        if "api.openai.com" in self.url:
+            return "OpenAI's API"
+        return "the OpenAI-compatible server"
+
+    @property
+    def detail(self) -> str:
+        """Return what is wrong: the server lacks the model, and what it has instead."""
+        text = f"{self.server} has no model {self.model_id!r}; it has: {self.listing}"
+        close = difflib.get_close_matches(self.model_id, self.available, n=1, cutoff=0.6)
+        if close:
+            text += f" (did you mean {close[0]!r}?)"
+        if self.pull_error:
+            text += f"; pulling it failed: {self.pull_error}"
+        return text
+
+    @property
+    def listing(self) -> str:
+        """Return the server's models, sorted, the first `LISTED_MODELS` of them."""
+        names = sorted(self.available)
+        if not names:
+            return "no models"
+        shown = ", ".join(names[:LISTED_MODELS])
+        more = len(names) - LISTED_MODELS
+        return f"{shown} and {more} more" if more > 0 else shown
+
+    @property
+    def advice(self) -> str:
+        """Return what to do about it."""
+        entry = f"`model:` of {self.name!r} in the config"
+        if self.protocol == "ollama" and self.pull_error:
+            return (
+                f"Check the model id ({entry}; see https://ollama.com/library), or pull it "
+                f"yourself with `ollama pull {self.model_id}`"
+            )
+        if self.protocol == "ollama":
+            return (
+                f"Pull it with `ollama pull {self.model_id}`, or set `auto_pull: true` on "
+                f"model {self.name!r} in the config and modelyard pulls it before its first task"
+            )
+        if "api.openai.com" in self.url:
+            return f"Set {entry} to a model your API key can use"
+        return (
+            "Make the server serve it (LM Studio: load the model; vLLM: start it with "
+            f"`vllm serve {self.model_id}`; llama.cpp: start it with that model), or set "
+            f"{entry} to one the server has"
+        )
+
+    def __str__(self) -> str:
+        return f"model {self.name!r} at {self.url}: {self.detail}. {self.advice}"
+
+
+class ModelNotOnServerError(ModelyardError):
+    """Configured models that their servers do not have: what each has, and what to do."""
+
+    def __init__(self, missing: list[MissingModel]) -> None:
+        self.missing = list(missing)
+        if len(self.missing) == 1:
+            message = str(self.missing[0])
+        else:
+            lines = [f"{i}. {m}" for i, m in enumerate(self.missing, 1)]
+            count = f"{len(self.missing)} configured models are not on their servers"
+            message = f"{count}:\n" + "\n".join(lines)
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.missing,))
 
 
 class ModelErrorKind(StrEnum):

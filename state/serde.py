@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
+from modelyard.state.fan_out import Branch, BranchResult
 from modelyard.state.graph_state import CandidateScore, FailedAttempt, ModelCall, Selection
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
 from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
 
 CHECKPOINT_TYPES: tuple[type, ...] = (
-    CandidateScore, Classification, FailedAttempt, ModelCall, Priority, Requirements, Selection,
-    Step, Task, TaskContext, TaskEvent, TaskStatus, TaskType,
+    Branch, BranchResult, CandidateScore, Classification, FailedAttempt, ModelCall, Priority,
+    Requirements, Selection, Step, Task, TaskContext, TaskEvent, TaskStatus, TaskType,
 )  # fmt: skip
 
 

@@ -86,6 +86,8 @@ class Task(BaseModel):
     """Where the task is in its lifecycle."""
     assigned_model: str | None = None
     """The model that produced the final result."""
+    plan: str | None = None
+    """The plan, for plan-then-implement."""
     result: str | None = None
     """The final answer (the implementation, for plan-then-implement)."""
     error: dict[str, Any] | None = None
@@ -119,10 +121,13 @@ class Task(BaseModel):
 
     def with_state(self, state: dict[str, Any]) -> Task:
         """Return a copy updated from a graph's final state."""
+        task_type, status = state.get("task_type", self.task_type), state.get("status", self.status)
+        # Checkpointers that keep plain strings as JSON (PostgreSQL) give enums back as str.
         return self.model_copy(
             update={
-                "task_type": state.get("task_type", self.task_type),
-                "status": state.get("status", self.status),
+                "task_type": TaskType(task_type) if task_type is not None else None,
+                "status": TaskStatus(status),
+                "plan": state.get("plan", self.plan),
                 "assigned_model": state.get("assigned_model", self.assigned_model),
                 "result": state.get("result", self.result),
                 "error": state.get("error", self.error),

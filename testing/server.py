@@ -912,6 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model", action="append", dest="models", metavar="NAME", help="model to serve (repeat)"
     )
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    parser.add_argument(
+        "--delay", type=float, default=0.0, help="seconds every chat request waits before answering"
+    )
     parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
     args = parser.parse_args(argv)
     server = LocalModelServer(
@@ -921,6 +924,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chunk_delay=args.chunk_delay,
         verbose=args.verbose,
     )
+    if args.delay > 0:
+        server.inject_fault(Fault.delay(args.delay), times=None)
     try:
         server.start()
     except OSError as exc:

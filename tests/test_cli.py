@@ -228,7 +228,8 @@ def test_an_openai_compatible_config_through_the_cli(
     result = modelyard("run", "--json", "--config", str(path), EMAIL_PROMPT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["model"] == "coder"
-    assert [r.path for r in server.requests] == ["/v1/chat/completions"]
+    # The server is asked once what it has, then the model is called.
+    assert [r.path for r in server.requests] == ["/v1/models", "/v1/chat/completions"]
 
 
 def test_demo_runs_offline_and_says_so() -> None:

@@ -153,11 +153,6 @@ def inject(fault: Fault) -> Callable[[LocalModelServer], None]:
     return breaks
 
 
-def unknown_model(server: LocalModelServer) -> None:
-    """Make the server forget the coder's model, as if it had never been pulled."""
-    server.remove_model(CODING_MODEL)
-
-
 @pytest.mark.parametrize(
     ("break_coder", "kind", "calls"),
     [
@@ -169,7 +164,6 @@ def unknown_model(server: LocalModelServer) -> None:
         pytest.param(inject(Fault.status_code(400)), "bad_request", 1, id="400"),
         pytest.param(inject(Fault.status_code(401)), "auth", 1, id="401"),
         pytest.param(inject(Fault.status_code(404)), "not_found", 1, id="404"),
-        pytest.param(unknown_model, "not_found", 1, id="unknown-model"),
     ],
 )
 async def test_each_error_kind_is_retried_only_when_it_may_help_and_counted_in_stats(

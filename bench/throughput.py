@@ -1,0 +1,195 @@
+"""Throughput of the task runner against a bare `asyncio.Semaphore` loop on the same server.
+
+Run: `python bench/throughput.py [--tasks 2000] [--workers 64] [--delays 0.5,0.05]`.
+
+The local protocol server runs in a process of its own and answers every chat request
+after the given delay. For each delay, three runs in this process call it with the same
+ChatOllama client: the baseline (a bare `asyncio.Semaphore(workers)` loop), the runner with
+an in-memory checkpointer, and the runner with the default SQLite file. Each prints tasks/s,
+CPU milliseconds per task (this process only; the server's CPU is not counted) and peak
+memory above the start of the run. The last line is `throughput_ratio_vs_baseline: X`, the
+SQLite runner's tasks/s over the baseline's at the first delay (target: >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from modelyard.configs import ModelRegistry, load_config_text
+from modelyard.graphs.runner import TaskRunner
+from modelyard.nodes import Context
+from modelyard.state import Task, TaskStatus, TaskType
+
+MODELS = ("phi3:mini", "deepseek-coder:6.7b-instruct")
+CONFIG = """\
+models:
+  - name: reasoner
+    model: ollama:phi3:mini
+    base_url: {url}
+    roles: [planning, problem_solving, explanation, general]
+    context_window: 4096
+    system_prompt: You are a careful reasoning assistant.
+  - name: coder
+    model: ollama:deepseek-coder:6.7b-instruct
+    base_url: {url}
+    roles: [code_generation, code_review]
+    context_window: 16384
+    system_prompt: You are an expert software engineer.
+"""
+SYSTEM = "You are a careful reasoning assistant."
+
+
+@dataclass
+class Result:
+    name: str
+    seconds: float
+    cpu_seconds: float
+    peak_mb: float
+    tasks: int
+
+    @property
+    def rate(self) -> float:
+        return self.tasks / self.seconds
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu_seconds / self.tasks
+
+
+def prompts(count: int) -> list[str]:
+    return [f"Explain how a hash map handles collisions, case {n}" for n in range(count)]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def measure(name: str, count: int, body: Callable[[], Awaitable[None]]) -> Result:
+    start_rss = peak = rss_mb()
+
+    async def sample() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, rss_mb())
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    started, cpu = time.perf_counter(), time.process_time()
+    await body()
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
+    sampler.cancel()
+    peak = max(peak, rss_mb())
+    return Result(name, seconds, cpu_seconds, peak - start_rss, count)
+
+
+async def baseline(registry: ModelRegistry, count: int, workers: int) -> None:
+    """Call the server `count` times, `workers` at a time, with the registry's client."""
+    gate = asyncio.Semaphore(workers)
+
+    async def one(prompt: str) -> None:
+        async with gate:
+            client = registry.chat_model("reasoner")  # as the work node gets it (cached)
+            await client.ainvoke([SystemMessage(SYSTEM), HumanMessage(prompt)])
+
+    await asyncio.gather(*(one(p) for p in prompts(count)))
+
+
+async def through_runner(context: Context, url: str, count: int, workers: int) -> None:
+    """Submit `count` tasks to a runner on `url` and wait for all of them."""
+    async with TaskRunner(context=context, workers=workers, persistence=url) as runner:
+        tasks = [Task(prompt=p, task_type=TaskType.EXPLANATION) for p in prompts(count)]
+        await runner.submit_many(tasks)
+        await runner.join()
+        counts = await runner.counts()
+    if counts[TaskStatus.COMPLETED] != count:
+        raise SystemExit(f"runner on {url}: only {counts} of {count} tasks completed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(delay: float) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    command = [sys.executable, "-m", "modelyard.testing.server", "--port", str(port)]
+    command += [f"--model={m}" for m in MODELS] + ["--delay", str(delay)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE)
+    assert server.stdout is not None
+    server.stdout.readline()  # the banner: listening
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def run_delay(delay: float, count: int, workers: int, folder: Path) -> list[Result]:
+    server, url = start_server(delay)
+    try:
+        context = Context(config=load_config_text(CONFIG.format(url=url)))
+        registry = context.models()
+        await baseline(registry, min(count, 2 * workers), workers)  # warm up client and server
+        results = [await measure("baseline", count, lambda: baseline(registry, count, workers))]
+        results.append(
+            await measure(
+                "runner, memory",
+                count,
+                lambda: through_runner(context, "memory", count, workers),
+            )
+        )
+        database = folder / f"bench-{delay}.db"
+        results.append(
+            await measure(
+                "runner, sqlite",
+                count,
+                lambda: through_runner(context, str(database), count, workers),
+            )
+        )
+        return results
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def print_table(delay: float, workers: int, results: list[Result]) -> None:
+    base = results[0]
+    print(f"\nserver delay {delay * 1000:.0f} ms, {workers} workers, {base.tasks} tasks")
+    print(f"{'run':<16}{'seconds':>9}{'tasks/s':>10}{'ratio':>8}{'CPU ms/task':>13}{'peak MB':>9}")
+    for r in results:
+        print(
+            f"{r.name:<16}{r.seconds:>9.2f}{r.rate:>10.1f}{r.rate / base.rate:>8.3f}"
+            f"{r.cpu_ms:>13.2f}{r.peak_mb:>9.1f}"
+        )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--delays", default="0.5,0.05", help="server delays in seconds")
+    args = parser.parse_args()
+    delays = [float(d) for d in args.delays.split(",")]
+    first: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as folder:
+        for delay in delays:
+            results = await run_delay(delay, args.tasks, args.workers, Path(folder))
+            print_table(delay, args.workers, results)
+            first = first or results
+    memory_ratio = first[1].rate / first[0].rate
+    print(f"\nin_memory_ratio_vs_baseline: {memory_ratio:.3f}")
+    print(f"throughput_ratio_vs_baseline: {first[2].rate / first[0].rate:.3f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,316 @@
+"""The runner's durable queue: every submitted task and its status, kept in the runner's database.
+
+The queue table lives beside LangGraph's checkpoints (the same SQLite file or PostgreSQL
+database), so a submitted task is never lost: a runner started after a crash finds every task
+that was pending or running and resumes it. `open_task_queue` opens the backend the
+persistence settings name; all three have the same interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from modelyard.configs.persistence import (
+    SQLITE_BUSY_TIMEOUT,
+    PersistenceError,
+    postgres_pool,
+    sqlite_connection,
+)
+from modelyard.configs.schema import PersistenceSettings
+from modelyard.state import Task, TaskStatus
+
+#: Statuses after which a task never changes again.
+FINISHED = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+UNFINISHED = (TaskStatus.PENDING.value, TaskStatus.RUNNING.value)
+
+
+@dataclass
+class QueuedTask:
+    """A task as the queue holds it: the task, the graph that runs it, its place in line."""
+
+    task: Task
+    """The task, with its status and history as last saved."""
+    graph: str
+    """The name of the graph that runs it (`route`, `plan_and_implement`, ...)."""
+    seq: int = 0
+    """Submission order; breaks ties between tasks of one priority and creation time."""
+
+    @property
+    def order(self) -> tuple[int, str, int]:
+        """Return the key that puts higher priority first, then older tasks first."""
+        return (-self.task.priority, utc_text(self.task.created_at), self.seq)
+
+
+class TaskQueue(ABC):
+    """Where the runner keeps its tasks; the same interface for every database."""
+
+    @abstractmethod
+    async def add(self, entries: Sequence[QueuedTask]) -> list[QueuedTask]:
+        """Store new tasks as submitted; return those stored (ids already known are skipped)."""
+
+    @abstractmethod
+    async def save(self, task: Task) -> None:
+        """Store a task's new status, history and result."""
+
+    @abstractmethod
+    async def get(self, task_ids: Iterable[str]) -> dict[str, QueuedTask]:
+        """Return the stored tasks among `task_ids`, by id."""
+
+    @abstractmethod
+    async def unfinished(self) -> list[QueuedTask]:
+        """Return every pending or running task, in the order they should run."""
+
+    @abstractmethod
+    async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
+        """Return the tasks with `status` (every task when None), oldest first."""
+
+    @abstractmethod
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Return how many tasks have each status."""
+
+
+class MemoryTaskQueue(TaskQueue):
+    """A queue that lives and dies with the process (persistence.url `memory`)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, QueuedTask] = {}
+        self._seq = itertools.count(1)
+
+    async def add(self, entries: Sequence[QueuedTask]) -> list[QueuedTask]:
+        added = []
+        for entry in entries:
+            if entry.task.id not in self._entries:
+                entry.seq = next(self._seq)
+                self._entries[entry.task.id] = entry
+                added.append(entry)
+        return added
+
+    async def save(self, task: Task) -> None:
+        self._entries[task.id].task = task
+
+    async def get(self, task_ids: Iterable[str]) -> dict[str, QueuedTask]:
+        return {i: self._entries[i] for i in task_ids if i in self._entries}
+
+    async def unfinished(self) -> list[QueuedTask]:
+        waiting = [e for e in self._entries.values() if e.task.status not in FINISHED]
+        return sorted(waiting, key=lambda e: e.order)
+
+    async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
+        tasks = [e.task for e in self._entries.values() if status in (None, e.task.status)]
+        return sorted(tasks, key=lambda t: t.created_at)
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        counts = dict.fromkeys(TaskStatus, 0)
+        for entry in self._entries.values():
+            counts[entry.task.status] += 1
+        return counts
+
+
+_COLUMNS = "id, graph, priority, created_at, seq, status, task"
+_CREATE = [
+    """CREATE TABLE IF NOT EXISTS modelyard_tasks (
+        id TEXT PRIMARY KEY,
+        graph TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        status TEXT NOT NULL,
+        task TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS modelyard_tasks_status ON modelyard_tasks (status)",
+]
+_ORDER = "ORDER BY priority DESC, created_at, seq"
+
+
+class SqlTaskQueue(TaskQueue):
+    """The queue table in SQL; subclasses say how a statement reaches the database."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._seq = itertools.count(1)
+        self._unsaved: dict[str, Task] = {}
+        self._flush: asyncio.Future[None] | None = None
+
+    @abstractmethod
+    async def _execute(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run `sql` once per row of parameters, in one transaction."""
+
+    @abstractmethod
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a query and return its rows."""
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    async def setup(self) -> None:
+        """Create the table when missing, and continue the submission order."""
+        for statement in _CREATE:
+            await self._execute(statement, [()])
+        rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) FROM modelyard_tasks")
+        self._seq = itertools.count(int(rows[0][0]) + 1)
+
+    async def add(self, entries: Sequence[QueuedTask]) -> list[QueuedTask]:
+        known = await self.get(e.task.id for e in entries)
+        added, seen = [], set(known)
+        for entry in entries:
+            if entry.task.id not in seen:
+                seen.add(entry.task.id)
+                entry.seq = next(self._seq)
+                added.append(entry)
+        rows = [
+            (
+                e.task.id,
+                e.graph,
+                e.task.priority,
+                utc_text(e.task.created_at),
+                e.seq,
+                e.task.status.value,
+                e.task.model_dump_json(),
+            )
+            for e in added
+        ]
+        if rows:
+            sql = f"INSERT INTO modelyard_tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            await self._execute(self._sql(sql), rows)
+        return added
+
+    async def save(self, task: Task) -> None:
+        """Store the task; saves made at the same moment share one transaction."""
+        self._unsaved[task.id] = task
+        if self._flush is None:
+            self._flush = asyncio.ensure_future(self._save_unsaved())
+        await asyncio.shield(self._flush)
+
+    async def _save_unsaved(self) -> None:
+        await asyncio.sleep(0)  # let the other workers' saves of this moment join in
+        tasks, self._unsaved, self._flush = self._unsaved, {}, None
+        sql = self._sql("UPDATE modelyard_tasks SET status = ?, task = ? WHERE id = ?")
+        await self._execute(
+            sql, [(t.status.value, t.model_dump_json(), t.id) for t in tasks.values()]
+        )
+
+    async def get(self, task_ids: Iterable[str]) -> dict[str, QueuedTask]:
+        found: dict[str, QueuedTask] = {}
+        ids = list(task_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            sql = f"SELECT graph, seq, task FROM modelyard_tasks WHERE id IN ({marks})"
+            for entry in map(_entry, await self._fetch(self._sql(sql), chunk)):
+                found[entry.task.id] = entry
+        return found
+
+    async def unfinished(self) -> list[QueuedTask]:
+        sql = f"SELECT graph, seq, task FROM modelyard_tasks WHERE status IN (?, ?) {_ORDER}"
+        return [_entry(row) for row in await self._fetch(self._sql(sql), UNFINISHED)]
+
+    async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
+        where, params = ("WHERE status = ?", [status.value]) if status else ("", [])
+        sql = f"SELECT graph, seq, task FROM modelyard_tasks {where} ORDER BY created_at, seq"
+        return [_entry(row).task for row in await self._fetch(self._sql(sql), params)]
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        counts = dict.fromkeys(TaskStatus, 0)
+        rows = await self._fetch("SELECT status, COUNT(*) FROM modelyard_tasks GROUP BY status")
+        for status, count in rows:
+            counts[TaskStatus(status)] = int(count)
+        return counts
+
+
+def utc_text(moment: datetime) -> str:
+    """Return a time as UTC ISO text, which sorts in time order whatever zone it came in."""
+    return moment.astimezone(UTC).isoformat()
+
+
+def _entry(row: tuple[Any, ...]) -> QueuedTask:
+    graph, seq, payload = row
+    return QueuedTask(Task.model_validate_json(payload), graph, int(seq))
+
+
+class SqliteTaskQueue(SqlTaskQueue):
+    """The queue table in the runner's SQLite file, on a connection of its own."""
+
+    def __init__(self, conn: Any) -> None:
+        super().__init__()
+        self.conn = conn
+        self.lock = asyncio.Lock()
+
+    async def _execute(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self.lock:
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self.conn.executemany(sql, rows)
+            except BaseException:
+                await self.conn.execute("ROLLBACK")
+                raise
+            await self.conn.execute("COMMIT")
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self.lock, self.conn.execute(sql, params) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+
+class PostgresTaskQueue(SqlTaskQueue):
+    """The queue table in PostgreSQL, on connections from the runner's pool."""
+
+    placeholder = "%s"
+
+    def __init__(self, pool: Any) -> None:
+        super().__init__()
+        self.pool = pool
+
+    async def _execute(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(sql, rows)
+
+    async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        from psycopg.rows import tuple_row
+
+        async with self.pool.connection() as conn, conn.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(sql, params)
+            return [tuple(row) for row in await cur.fetchall()]
+
+
+@asynccontextmanager
+async def open_task_queue(
+    settings: PersistenceSettings, *, pool: Any = None
+) -> AsyncIterator[TaskQueue]:
+    """Open the queue in the database `settings.url` names, creating its table when missing.
+
+    Args:
+        settings: The config's persistence settings.
+        pool: For PostgreSQL, a psycopg `AsyncConnectionPool` to share; opened when absent.
+
+    Raises:
+        PersistenceError: the database cannot be opened or used; says which and what to do.
+    """
+    backend = settings.backend
+    if backend == "memory":
+        yield MemoryTaskQueue()
+        return
+    if backend == "postgres":
+        async with postgres_pool(settings.url, given=pool) as opened:
+            queue: SqlTaskQueue = PostgresTaskQueue(opened)
+            await queue.setup()
+            yield queue
+        return
+    path = Path(settings.url).expanduser()
+    async with sqlite_connection(path, purpose="task queue") as conn:
+        queue = SqliteTaskQueue(conn)
+        try:
+            await queue.setup()
+        except Exception as exc:
+            raise PersistenceError(
+                f"the task queue in {str(path)!r} cannot be used: {exc}. Move the file "
+                f"away, or point persistence.url elsewhere (busy for {SQLITE_BUSY_TIMEOUT:g} s?)"
+            ) from exc
+        yield queue
