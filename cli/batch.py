@@ -203,9 +203,7 @@ class BatchProgress:
         if task.id not in self.status:
             return  # a task of another batch, resumed by the runner
         self.status[task.id] = task.status
-        counts = {s: 0 for s in TaskStatus}
-        for status in self.status.values():
-            counts[status] += 1
+        counts = self.counts()
         finished = sum(counts[s] for s in FINISHED)
         text = " · ".join(f"{s.value} {counts[s]}" for s in TaskStatus)
         self.progress.update(self.bar, completed=finished, counts=text)
