@@ -225,7 +225,9 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
     problems.extend(_duplicate_names(merged["models"], model_origin))
     merged["source"] = source
     try:
-        config = ModelyardConfig.model_validate(merged, context={"cross_checked": True})
+        folder = Path(source) if Path(source).is_dir() else Path(source).parent
+        context = {"cross_checked": True, "config_dir": str(folder)}
+        config = ModelyardConfig.model_validate(merged, context=context)
     except ValidationError as exc:
         for error in exc.errors():
             if not model_origin and tuple(error["loc"]) == ("models",):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -15,6 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from modelyard.configs.templates import PROMPTS_DIR, STEP_FIELDS, prompt_styles, template_fields
 from modelyard.state import TaskType
 
 #: Providers with a client of their own here; everything else goes through init_chat_model.
@@ -141,6 +143,95 @@ class PostCompletion(_Strict):
     task: str = Field(min_length=1)
 
 
+class PromptSettings(_Strict):
+    """A model's own prompts: a packaged style, and templates that replace single steps.
+
+    A template is the text itself, or the path of a `.md`/`.txt` file relative to the
+    config file's folder. Templates fill in `{prompt}`, `{plan}`, ... (see `STEP_FIELDS`).
+    """
+
+    style: str | None = None
+    """A folder of templates under `configs/prompts/` (`terse` for small coding models,
+    `stepwise` for reasoning models), or the path of a folder of your own."""
+    system: str | None = None
+    """The system prompt; takes the place of `system_prompt` and the style's `system.md`."""
+    answer: str | None = None
+    plan: str | None = None
+    implement: str | None = None
+    review: str | None = None
+    revise: str | None = None
+    classify: str | None = None
+    post_complete: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _style_shorthand(cls, data: Any) -> Any:
+        return {"style": data} if isinstance(data, str) else data
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (PROMPTS_DIR / value).is_dir():
+            return value
+        folder = _config_dir(info) / value
+        if folder.is_dir():
+            return str(folder.resolve())
+        raise PydanticCustomError(
+            "unknown_prompt_style",
+            "no prompt style '{style}': packaged styles are {styles}, or give the path of a "
+            "folder of <step>.md files",
+            {"style": value, "styles": ", ".join(prompt_styles())},
+        )
+
+    @field_validator(*STEP_FIELDS, "system")
+    @classmethod
+    def _template(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        text = value
+        if "\n" not in value.strip() and value.strip().endswith((".md", ".txt")):
+            path = _config_dir(info) / value.strip()
+            try:
+                text = path.read_text(encoding="utf-8").strip("\n")
+            except OSError as exc:
+                raise PydanticCustomError(
+                    "prompt_file",
+                    "cannot read prompt file {path}: {reason}; give a path relative to the "
+                    "config file's folder, or write the template itself",
+                    {"path": str(path), "reason": exc.strerror or str(exc)},
+                ) from None
+        step = info.field_name or ""
+        if step == "system":
+            return text
+        try:
+            used = template_fields(text)
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "prompt_template",
+                "not a valid template ({reason}); write a literal brace as {{ or }}",
+                {"reason": str(exc)},
+            ) from None
+        unknown = sorted(used - STEP_FIELDS[step])
+        if unknown:
+            raise PydanticCustomError(
+                "prompt_template",
+                "the {step} template uses {unknown}, which it is not given; it may use "
+                "{allowed} (write a literal brace as {{ or }})",
+                {
+                    "step": step,
+                    "unknown": ", ".join(f"{{{name}}}" for name in unknown),
+                    "allowed": ", ".join(f"{{{name}}}" for name in sorted(STEP_FIELDS[step])),
+                },
+            )
+        return text
+
+
+def _config_dir(info: ValidationInfo) -> Path:
+    """Return the folder relative paths in the config are read from (its file's folder)."""
+    folder = (info.context or {}).get("config_dir")
+    return Path(folder) if folder else Path.cwd()
+
+
 class InitialStats(_Strict):
     """A model's figures before it has been called: where its moving averages start."""
 
@@ -176,6 +267,9 @@ class ModelConfig(_Strict):
     supports: Supports = Field(default_factory=Supports)
     options: GenerationOptions = Field(default_factory=GenerationOptions)
     system_prompt: str | None = None
+    """The system prompt (`prompts.system` takes its place when both are set)."""
+    prompts: PromptSettings = Field(default_factory=PromptSettings)
+    """The model's prompt style and per-step templates (see `configs/prompts/`)."""
     timeout: float = Field(default=120.0, gt=0.0)
     """Seconds before a request to this model is abandoned."""
     initial_stats: InitialStats = Field(default_factory=InitialStats)

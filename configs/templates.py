@@ -1,20 +1,137 @@
-"""Prompt templates per step, read once from `configs/prompts/<step>.md`."""
+"""Prompts per step and model: packaged files under `configs/prompts/`, overridable per model.
+
+A step's template is looked up in this order: the model's `prompts.<step>` in the config,
+then `prompts/<style>/<step>.md` for the model's `prompts.style`, then `prompts/<step>.md`.
+The system prompt: the model's `prompts.system`, its `system_prompt`, then
+`prompts/<style>/system.md`; none when all are missing.
+"""
 
 from __future__ import annotations
 
 import functools
+import string
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+
+    from modelyard.configs.schema import ModelConfig
 
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
 
+#: The values each step's template may use, as `{name}`.
+STEP_FIELDS: dict[str, frozenset[str]] = {
+    "answer": frozenset({"prompt"}),
+    "plan": frozenset({"prompt"}),
+    "implement": frozenset({"prompt", "plan"}),
+    "review": frozenset({"prompt", "plan", "code", "round"}),
+    "revise": frozenset({"prompt", "plan", "code", "comments", "round"}),
+    "classify": frozenset({"prompt", "task_types"}),
+    "post_complete": frozenset({"prompt", "result", "task", "tools"}),
+}
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A template's text and where it came from (a packaged file or the config)."""
+
+    text: str
+    source: str
+    """`prompts/terse/implement.md`, or `models.coder.prompts.implement` for the config's own."""
+
+    def render(self, **values: Any) -> str:
+        """Return the text with `{prompt}`, `{plan}`, ... filled in."""
+        return self.text.format(**values)
+
+
+def template_fields(text: str) -> set[str]:
+    """Return the `{names}` a template uses.
+
+    Raises:
+        ValueError: the text is not a valid template (a lone `{` or `}`).
+    """
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+
+
+def prompt_styles() -> list[str]:
+    """Return the packaged prompt styles (folders under `configs/prompts/`)."""
+    return sorted(p.name for p in PROMPTS_DIR.iterdir() if p.is_dir())
+
 
 @functools.cache
-def prompt_template(step: str) -> str:
-    """Return the template for a step (`answer`, `plan`, `implement`)."""
-    return (PROMPTS_DIR / f"{step}.md").read_text(encoding="utf-8").strip("\n")
+def _read(path: Path) -> str | None:
+    return path.read_text(encoding="utf-8").strip("\n") if path.is_file() else None
+
+
+def _styled(style: str, name: str) -> PromptTemplate | None:
+    """Return `<style>/<name>.md`: a packaged style, or a folder of the user's (absolute)."""
+    folder = Path(style) if Path(style).is_absolute() else PROMPTS_DIR / style
+    text = _read(folder / f"{name}.md")
+    if text is None:
+        return None
+    packaged = folder.parent == PROMPTS_DIR
+    source = f"prompts/{style}/{name}.md" if packaged else str(folder / f"{name}.md")
+    return PromptTemplate(text, source)
+
+
+def packaged_template(step: str, style: str | None = None) -> PromptTemplate:
+    """Return the packaged template for a step, in a style when it has its own.
+
+    Raises:
+        KeyError: no packaged template for the step.
+    """
+    styled = _styled(style, step) if style else None
+    if styled is not None:
+        return styled
+    text = _read(PROMPTS_DIR / f"{step}.md")
+    if text is None:
+        raise KeyError(f"no prompt template for step {step!r}; steps: {', '.join(STEP_FIELDS)}")
+    return PromptTemplate(text, f"prompts/{step}.md")
+
+
+def step_template(model: ModelConfig, step: str) -> PromptTemplate:
+    """Return the template `model` gets for `step`."""
+    own = getattr(model.prompts, step, None)
+    if own:
+        return PromptTemplate(own, f"models.{model.name}.prompts.{step}")
+    return packaged_template(step, model.prompts.style)
+
+
+def system_template(model: ModelConfig) -> PromptTemplate | None:
+    """Return the system prompt `model` gets, or None when it gets none."""
+    if model.prompts.system:
+        return PromptTemplate(model.prompts.system, f"models.{model.name}.prompts.system")
+    if model.system_prompt:
+        return PromptTemplate(model.system_prompt, f"models.{model.name}.system_prompt")
+    return _styled(model.prompts.style, "system") if model.prompts.style else None
+
+
+def render_messages(
+    model: ModelConfig, step: str, **values: Any
+) -> tuple[list[BaseMessage], dict[str, Any]]:
+    """Return the messages for one call of `step` on `model`, and a record of the prompt.
+
+    The record (`template`, `system`, `messages`) goes into the task's history, so the
+    prompt each call used can be read back.
+    """
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    messages: list[BaseMessage] = []
+    system = system_template(model)
+    if system is not None:
+        messages.append(SystemMessage(system.text))
+    template = step_template(model, step)
+    messages.append(HumanMessage(template.render(**values)))
+    record = {
+        "template": template.source,
+        "system": system.source if system else None,
+        "messages": [{"role": m.type, "content": str(m.content)} for m in messages],
+    }
+    return messages, record
 
 
 def render_prompt(step: str, **values: Any) -> str:
-    """Return a step's prompt with `{prompt}`, `{plan}`, ... filled in."""
-    return prompt_template(step).format(**values)
+    """Return a packaged step template with its values filled in (no model, no style)."""
+    return packaged_template(step).render(**values)

@@ -102,7 +102,9 @@ async def test_the_model_gets_its_system_prompt_and_the_user_prompt() -> None:
     (messages,) = coder.calls
     assert messages[0].type == "system" and "software engineer" in str(messages[0].content)
     assert messages[-1].type == "human"
-    assert messages[-1].content == "Implement a stack class in Python"
+    # The default config gives the coder the terse style: configs/prompts/terse/answer.md.
+    assert str(messages[-1].content).startswith("Implement a stack class in Python\n\n")
+    assert "code first" in str(messages[-1].content)
 
 
 async def test_an_explicit_task_type_skips_classification() -> None:
@@ -366,7 +368,11 @@ async def test_calls_record_latency_tokens_and_the_prompt() -> None:
     assert call.latency_ms >= 0
     assert call.first_token_ms is None  # nothing streamed
     assert call.input_tokens > 0 and call.output_tokens > 0
-    assert call.prompt[-1] == {"role": "human", "content": "Explain DNS"}
+    assert call.prompt[-1]["role"] == "human"
+    assert call.prompt[-1]["content"].startswith("Explain DNS\n\nWork through it step by step")
+    (event,) = [e for e in state["history"] if e.kind == "model_call"]
+    assert event.data["prompt"]["template"] == "prompts/stepwise/answer.md"
+    assert event.data["prompt"]["messages"] == call.prompt
 
 
 async def test_a_streamed_call_records_the_time_to_the_first_token() -> None:
