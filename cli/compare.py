@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from modelyard.configs import ModelRegistry, load_config
+from modelyard.configs import ModelRegistry, apply_assignments, load_config
 from modelyard.graphs import BranchResult, acompare
 from modelyard.nodes import Context
 from modelyard.state import InvalidTaskError, TaskType
@@ -48,12 +48,15 @@ def compare_command(
     config_file: str | None,
     task_type: TaskType | None,
     as_json: bool,
+    *,
+    assignments: list[str] | None = None,
 ) -> None:
     """Ask each model `prompt` at once and print the answers side by side (or as JSON).
 
     Exits 1 when a model failed (its error is in its column), after printing every result.
+    `assignments` are `--set MODEL.FIELD=VALUE` changes to the config for this run.
     """
-    registry = ModelRegistry(load_config(config_file))
+    registry = ModelRegistry(apply_assignments(load_config(config_file), assignments or []))
     names = model_names(models, registry)
     if not prompt.strip():
         raise InvalidTaskError("the prompt is empty; give the task's text")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from langchain_core.messages import AIMessageChunk
+from langchain_core.runnables import RunnableConfig
 from rich.console import Console
 from rich.markup import escape
 
@@ -22,12 +22,22 @@ from modelyard.cli.output import (
     task_json,
 )
 from modelyard.cli.progress import PullProgressView
-from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
+from modelyard.cli.stream_view import StreamView
+from modelyard.configs import ModelRegistry, ModelyardConfig, apply_assignments, load_config
 from modelyard.configs.availability import check_models
 from modelyard.configs.persistence import open_store
-from modelyard.graphs import build_plan_and_implement_graph, build_route_graph
+from modelyard.graphs import build_plan_and_implement_graph, build_review_graph, build_route_graph
+from modelyard.graphs.run import recursion_limit
+from modelyard.graphs.stream import Finished, stream_events
 from modelyard.nodes import Context, StatsBook
-from modelyard.state import ModelStats, ModelyardError, Task, TaskStatus, TaskType
+from modelyard.state import (
+    DEFAULT_MAX_ROUNDS,
+    ModelStats,
+    ModelyardError,
+    Task,
+    TaskStatus,
+    TaskType,
+)
 
 app = typer.Typer(
     name="modelyard",
@@ -47,14 +57,27 @@ ConfigOption = Annotated[
         "lmstudio). Default: $MODELYARD_CONFIG, else the packaged default.",
     ),
 ]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="MODEL.FIELD=VALUE",
+        help="Change a model's config for this run, e.g. coder.temperature=0.1, "
+        "coder.options.num_ctx=8192 or coder.timeout=30 (repeat --set for more). Values "
+        "are YAML: 0.1, true, \\[a, b], {top_k: 40}.",
+    ),
+]
 
 
 class UsageError(Exception):
     """A problem with what the user asked for: printed on one line per problem, exit 2."""
 
 
-def _load(config_file: str | None) -> tuple[ModelyardConfig, ModelRegistry]:
-    config = load_config(config_file)
+def _load(
+    config_file: str | None, assignments: list[str] | None = None
+) -> tuple[ModelyardConfig, ModelRegistry]:
+    """Return the config, with the `--set` assignments made, and its registry."""
+    config = apply_assignments(load_config(config_file), assignments or [])
     return config, ModelRegistry(config)
 
 
@@ -62,6 +85,7 @@ def _load(config_file: str | None) -> tuple[ModelyardConfig, ModelRegistry]:
 def run(
     prompt: Annotated[str, typer.Argument(help="The task, in your words.")],
     config_file: ConfigOption = None,
+    assignments: SetOption = None,
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Use this configured model for every step.")
     ] = None,
@@ -71,19 +95,46 @@ def run(
     plan: Annotated[
         bool, typer.Option("--plan", help="A reasoning model plans, a coding model implements.")
     ] = False,
+    review: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="A reviewing model reviews the code and the coding model revises it, "
+            "until approved or --max-rounds (with --plan: plan, implement, review).",
+        ),
+    ] = False,
+    max_rounds: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rounds",
+            min=1,
+            help=f"Most review rounds, with --review (default {DEFAULT_MAX_ROUNDS}).",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object at the end.")
     ] = False,
 ) -> None:
     """Run one task: classify it, route it to a model, and stream the answer."""
-    config, registry = _load(config_file)
+    config, registry = _load(config_file, assignments)
     if model is not None:
         registry.get(model, where="(--model)")
     if not prompt.strip():
         raise UsageError("the prompt is empty; give the task's text")
-    task = Task(prompt=prompt, model=model, task_type=task_type)
-    builder = build_plan_and_implement_graph if plan else build_route_graph
+    if max_rounds is not None and not review:
+        raise UsageError("--max-rounds applies to the review loop; add --review")
+    task = Task(
+        prompt=prompt,
+        model=model,
+        task_type=task_type,
+        max_rounds=max_rounds or DEFAULT_MAX_ROUNDS,
+    )
     context = Context(registry=registry)
+
+    def builder(config: ModelyardConfig) -> Any:
+        if review:
+            return build_review_graph(config, plan=plan)
+        return build_plan_and_implement_graph(config) if plan else build_route_graph(config)
 
     async def go() -> dict[str, Any]:
         async with open_store(config.persistence) as store:
@@ -92,19 +143,24 @@ def run(
                 pulls = PullProgressView(err)
                 stop = registry.server_models.add_listener(lambda p: pulls.show(p.as_event()))
                 try:
-                    result: dict[str, Any] = await graph.ainvoke(task.to_input(), context=context)
+                    result: dict[str, Any] = await graph.ainvoke(
+                        task.to_input(),
+                        {"recursion_limit": recursion_limit(task, config)},
+                        context=context,
+                    )
                 finally:
                     stop()
                     pulls.close()
                 return result
-            return await _stream(graph, task, context)
+            return await _stream(graph, task, context, config)
 
     started = time.perf_counter()
     state = asyncio.run(go())
     elapsed_ms = (time.perf_counter() - started) * 1000
     finished = task.with_state(state)
     if as_json:
-        typer.echo(json.dumps(task_json(finished, state, elapsed_ms, plan=plan), indent=2))
+        payload = task_json(finished, state, elapsed_ms, plan=plan, review=review)
+        typer.echo(json.dumps(payload, indent=2))
     if finished.status is not TaskStatus.COMPLETED:
         message = (finished.error or {}).get("message", "the task did not complete")
         err.print(f"[red]modelyard: error:[/red] {escape(message)}", soft_wrap=True)
@@ -113,65 +169,21 @@ def run(
         err.print(f"[dim]{escape(summary_line(finished, state, elapsed_ms))}[/dim]", soft_wrap=True)
 
 
-async def _stream(graph: Any, task: Task, context: Context) -> dict[str, Any]:
-    """Print tokens as they arrive, under a heading per step; return the final state.
-
-    A retried step starts over: its heading says which attempt it is, so text from a failed
-    attempt is not mistaken for the answer. A model that fails after streaming text is
-    named, with the model the step continues on. A model being pulled shows its progress.
-    """
-    current: tuple[str, int] | None = None
-    printed = False
+async def _stream(
+    graph: Any, task: Task, context: Context, config: ModelyardConfig
+) -> dict[str, Any]:
+    """Show the task as it streams (see `StreamView`); return the final state."""
+    view = StreamView(err, task.max_rounds)
     state: dict[str, Any] = {}
-    pulls = PullProgressView(err)
-    async for mode, chunk in graph.astream(
-        task.to_input(), context=context, stream_mode=["messages", "updates", "values", "custom"]
-    ):
-        if mode == "custom" and isinstance(chunk, dict) and chunk.get("modelyard_event") == "pull":
-            pulls.show(chunk)
-            continue
-        pulls.close()
-        if mode == "values":
-            state = chunk
-        elif mode == "custom":
-            if isinstance(chunk, dict) and chunk.get("modelyard_event") == "fallback":
-                if printed:
-                    sys.stdout.write("\n")
-                    sys.stdout.flush()
-                    printed = False
-                err.print(f"[yellow]⚠ {escape(str(chunk.get('detail', '')))}[/yellow]")
-                current = None
-        elif mode == "updates":
-            for update in chunk.values():
-                events = update.get("history", []) if isinstance(update, dict) else []
-                for event in events:
-                    if event.kind == "selected":
-                        err.print(f"[cyan]→ {escape(f'{event.step}: {event.detail}')}[/cyan]")
-        elif mode == "messages":
-            message, metadata = chunk
-            step = metadata.get("modelyard_step")
-            if step is None or not isinstance(message.content, str):
-                continue
-            attempt = int(metadata.get("modelyard_attempt") or 1)
-            if (step, attempt) != current:
-                if printed:
-                    sys.stdout.write("\n")
-                    sys.stdout.flush()
-                retry = (
-                    f" · attempt {attempt}, the earlier output was discarded" if attempt > 1 else ""
-                )
-                model = metadata.get("modelyard_model")
-                err.print(f"[bold]── {escape(f'{step} · {model}{retry}')} ──[/bold]")
-                current, printed = (step, attempt), False
-            if not isinstance(message, AIMessageChunk) and printed:
-                continue  # the whole message after its streamed chunks: already shown
-            sys.stdout.write(message.content)
-            sys.stdout.flush()
-            printed = printed or bool(message.content)
-    pulls.close()
-    if printed:
-        sys.stdout.write("\n")
-        sys.stdout.flush()
+    run_config: RunnableConfig = {"recursion_limit": recursion_limit(task, config)}
+    events = stream_events(graph, task.to_input(), context=context, config=run_config)
+    try:
+        async for event in events:
+            if isinstance(event, Finished):
+                state = event.state
+            view.show(event)
+    finally:
+        view.close()
     return state
 
 
@@ -246,6 +258,7 @@ def compare(
         typer.Option("--models", "-m", help="Configured models: a,b,c (or repeat --models)."),
     ],
     config_file: ConfigOption = None,
+    assignments: SetOption = None,
     task_type: Annotated[
         TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
     ] = None,
@@ -256,13 +269,14 @@ def compare(
     """Ask several models one prompt at once and show their answers side by side."""
     from modelyard.cli.compare import compare_command
 
-    compare_command(prompt, models, config_file, task_type, as_json)
+    compare_command(prompt, models, config_file, task_type, as_json, assignments=assignments)
 
 
 @app.command()
 def batch(
     file: Annotated[Path, typer.Argument(help='JSONL: one task per line, {"prompt": ...}.')],
     config_file: ConfigOption = None,
+    assignments: SetOption = None,
     workers: Annotated[
         int | None,
         typer.Option("--workers", "-w", min=1, help="Tasks at once; default: runner.workers."),
@@ -287,7 +301,7 @@ def batch(
     """
     from modelyard.cli.batch import BatchFileError, batch_main
 
-    config, registry = _load(config_file)
+    config, registry = _load(config_file, assignments)
     try:
         code = batch_main(
             file,

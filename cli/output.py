@@ -9,7 +9,8 @@ from rich.table import Table
 
 from modelyard.configs import ModelyardConfig
 from modelyard.configs.availability import Availability
-from modelyard.state import CooldownReason, Health, ModelCall, ModelStats, Task
+from modelyard.routers.review import review_finished
+from modelyard.state import CooldownReason, Health, ModelCall, ModelStats, Task, TaskEvent
 
 
 def _calls(state: dict[str, Any]) -> list[ModelCall]:
@@ -27,16 +28,52 @@ def summary_line(task: Task, state: dict[str, Any], elapsed_ms: float) -> str:
     models = " → ".join(f"{c.step}:{c.model}" for c in calls) or task.assigned_model or "-"
     tokens_in, tokens_out = _tokens(calls)
     task_type = task.task_type.value if task.task_type else "-"
+    rounds = ""
+    if task.rounds:
+        last = task.rounds[-1]
+        rounds = f" rounds={last.round} {'approved' if last.approved else 'unapproved'}"
     return (
         f"task_type={task_type} model={models} latency={elapsed_ms:.0f}ms "
-        f"tokens={tokens_in}in/{tokens_out}out attempts={task.attempts}"
+        f"tokens={tokens_in}in/{tokens_out}out attempts={task.attempts}{rounds}"
     )
 
 
+def review_lines(event: TaskEvent, max_rounds: int) -> list[str]:
+    """Return the lines that show a review loop's event as it happens; none for others."""
+    data = event.data
+    if event.kind == "review":
+        number, reviewer, comments = data["round"], data["reviewer"], data["comments"]
+        if data["verdict"] == "approve":
+            return [f"✓ approved in round {number} by {reviewer}"]
+        count = f"{len(comments)} comment{'s' if len(comments) != 1 else ''}"
+        lines = [f"round {number}: {reviewer} requests changes ({count}):"]
+        lines += [f"  - {comment}" for comment in comments]
+        if not review_finished(data["verdict"], number, max_rounds):
+            lines.append(f"round {number + 1}: {data['coder']} revises after {count}")
+        return lines
+    if event.kind == "review_stopped":
+        return [f"⚠ {event.detail}; the result is the code of round {data['round']}"]
+    return []
+
+
+def post_completion_lines(event: TaskEvent) -> list[str]:
+    """Return the lines that show a post-completion step's files or failure; none for others."""
+    if event.kind == "post_completion_wrote":
+        return [f"✓ {event.model} wrote {path}" for path in event.data.get("files", [])]
+    if event.kind == "post_completion_failed":
+        return [f"⚠ {event.detail}"]
+    return []
+
+
 def task_json(
-    task: Task, state: dict[str, Any], elapsed_ms: float, *, plan: bool
+    task: Task, state: dict[str, Any], elapsed_ms: float, *, plan: bool, review: bool = False
 ) -> dict[str, Any]:
-    """Return the `--json` object for a finished task."""
+    """Return the `--json` object for a finished task.
+
+    With `plan`: also the plan; with `plan` or `review`: the implementation and the model
+    of each step; with `review`: every round (round, code, coder, reviewer, verdict,
+    comments) and whether the last one was approved.
+    """
     calls = _calls(state)
     tokens_in, tokens_out = _tokens(calls)
     classification = state.get("classification")
@@ -57,11 +94,19 @@ def task_json(
         "cost": sum(c.cost for c in calls),
         "calls": [c.model_dump(mode="json", exclude={"prompt"}) for c in calls],
         "error": task.error,
+        "post_completions": [  # each: index, model, task, output, files_written, error, ...
+            p.model_dump(mode="json", exclude={"staged"}) for p in task.post_completions
+        ],
     }
     if plan:
         payload["plan"] = state.get("plan")
+    if plan or review:
         payload["implementation"] = state.get("implementation")
-        payload["models"] = {step: s.model for step, s in selections.items()}
+        models = {step: s.model for step, s in selections.items()}
+        payload["models"] = models | {c.step: c.model for c in calls}  # who did the work
+    if review:
+        payload["rounds"] = [r.model_dump(mode="json", exclude={"review"}) for r in task.rounds]
+        payload["approved"] = bool(task.rounds) and task.rounds[-1].approved
     return payload
 
 

@@ -10,6 +10,7 @@ from modelyard.configs.pull import PullProgress
 from modelyard.configs.registry import ModelRegistry
 from modelyard.configs.schema import GenerationOptions, ModelConfig, ModelyardConfig
 from modelyard.configs.server_models import ServerModels, check_configured_models
+from modelyard.configs.updates import apply_assignments, apply_model_changes, parse_assignments
 
 __all__ = [
     "GenerationOptions",
@@ -18,9 +19,12 @@ __all__ = [
     "ModelyardConfig",
     "PullProgress",
     "ServerModels",
+    "apply_assignments",
+    "apply_model_changes",
     "check_configured_models",
     "load_config",
     "load_config_text",
     "packaged_configs",
+    "parse_assignments",
     "resolve_config_path",
 ]

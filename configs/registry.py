@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
+import logging
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +43,8 @@ _PROVIDER_PACKAGES = {
     "openrouter": "langchain_openrouter",
 }
 _NO_KEY = "not-needed"
+
+log = logging.getLogger("modelyard.config")
 
 
 class ModelRegistry:
@@ -104,18 +107,22 @@ class ModelRegistry:
             name: A configured model's name.
             overrides: Generation options for this call only (`temperature`, `num_ctx`, ...).
         """
-        model = self.get(name)
         if name in self._clients:
+            self.get(name)
             return self._clients[name]
-        options = model.options
-        if overrides:
-            options = GenerationOptions.model_validate({**options.set_values(), **overrides})
-        key = (name, json.dumps(options.set_values(), sort_keys=True))
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return self._build(model, options)  # no loop to tie a cached client to
+            loop = None
+        # Under the lock: a client is never cached from a config `update_model` replaced.
         with self._lock:
+            model = self.get(name)
+            options = model.options
+            if overrides:
+                options = GenerationOptions.model_validate({**options.set_values(), **overrides})
+            if loop is None:
+                return self._build(model, options)  # no loop to tie a cached client to
+            key = (name, json.dumps(options.set_values(), sort_keys=True))
             for stale in [other for other in self._per_loop if other.is_closed()]:
                 del self._per_loop[stale]
             cache = self._per_loop.setdefault(loop, {})
@@ -123,6 +130,57 @@ class ModelRegistry:
             if client is None:
                 client = cache[key] = self._build(model, options)
         return client
+
+    def update_model(self, name: str, /, **changes: Any) -> ModelConfig:
+        """Change model `name`'s config for every call from now on; return its new config.
+
+        The change is checked as the config file is (the schema, then what the model's
+        client accepts), and made whole or not at all. Calls under way finish as
+        they started; the next call to the model gets a client built from the new config
+        (its options, timeout, URL), in every event loop. Selection sees new capabilities,
+        roles, cost or context window at its next pick. A ready-made client (`clients=`)
+        is kept, and the rest of the change still applies.
+
+        Args:
+            name: A configured model's name.
+            **changes: Generation options (`temperature=0.1`, `num_ctx=8192`), or model
+                fields: `options`, `capabilities` (or `weights`), `cost`, `supports`,
+                `initial_stats` and `prompts` change the sub-fields they name;
+                `timeout`, `system_prompt`, `roles`, `context_window`, `base_url`, ...
+                take the new value. None unsets an option, or puts back a default.
+
+        Returns:
+            The model's new config.
+
+        Raises:
+            ConfigError: every problem with the change (unknown model or field, a value
+                out of range, an option the provider lacks); nothing was changed.
+        """
+        # Imported here: the updates module checks changes with this module's client_problems.
+        from modelyard.configs.updates import apply_model_changes, describe_changes
+
+        with self._lock:
+            old = self._by_name.get(name)
+            config = apply_model_changes(self.config, name, changes)
+            self.config = config
+            self._by_name = {model.name: model for model in config.models}
+            for cache in self._per_loop.values():
+                for key in [key for key in cache if key[0] == name]:
+                    del cache[key]
+            self.server_models.update_config(config, name)
+            model = self._by_name[name]
+        differences = describe_changes(old, model) if old is not None else []
+        log.info(
+            "model %s changed by update_model: %s", name, "; ".join(differences) or "no change"
+        )
+        return model
+
+    def copy(self) -> ModelRegistry:
+        """Return a registry of the same config and ready-made clients, with its own caches.
+
+        Changes made to one (`update_model`) do not reach the other.
+        """
+        return ModelRegistry(self.config, clients=self._clients)
 
     def _build(self, model: ModelConfig, options: GenerationOptions) -> ChatRunnable:
         if model.protocol == "ollama":

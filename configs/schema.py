@@ -16,6 +16,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from modelyard.configs.grants import ToolGrants
 from modelyard.configs.templates import PROMPTS_DIR, STEP_FIELDS, prompt_styles, template_fields
 from modelyard.state import TaskType
 
@@ -141,6 +142,8 @@ class PostCompletion(_Strict):
     """A step a model runs after the main completion, with its task text."""
 
     task: str = Field(min_length=1)
+    tools: ToolGrants = Field(default_factory=ToolGrants)
+    """What the step may use: `git_diff`, `read_files`, `write_files` (see `configs.grants`)."""
 
 
 class PromptSettings(_Strict):
@@ -371,8 +374,10 @@ def _roles(raw: Any) -> tuple[Any, list[dict[str, Any]]]:
     for entry in raw:
         if entry == MAIN_ROLE_ALL:
             main.extend(t.value for t in TaskType)
-        elif isinstance(entry, dict) and set(entry) == {POST_ROLE}:
-            post.append({"task": entry[POST_ROLE]})
+        elif isinstance(entry, dict) and POST_ROLE in entry:  # with `tools:` beside it
+            post.append(
+                {"task": entry[POST_ROLE]} | {k: v for k, v in entry.items() if k != POST_ROLE}
+            )
         else:
             main.append(entry)
     return list(dict.fromkeys(main)) if all(isinstance(m, str) for m in main) else main, post

@@ -81,7 +81,8 @@ class ServerModels:
         self.listing_timeout = listing_timeout
         self.clock: Callable[[], float] = time.monotonic
         self._models = {model.name: model for model in config.models}
-        self._unchecked = frozenset(unchecked) | {
+        self._given_unchecked = frozenset(unchecked)
+        self._unchecked = self._given_unchecked | {
             model.name for model in config.models if listing_key(config, model) is None
         }
         # Models found on their servers, or never checked: `ensure` returns at once.
@@ -131,6 +132,30 @@ class ServerModels:
             raise ModelNotOnServerError([self._missing(model, listing.names)])
         await self._pull(model, listener)
         self._ready.add(name)
+
+    def update_config(self, config: ModelyardConfig, name: str) -> None:
+        """Take a config in which model `name` changed; check it again if it moved.
+
+        A model whose id, server or provider changed is asked for again before its next
+        call; any other change keeps what its server said.
+        """
+        model = next(m for m in config.models if m.name == name)
+        with self._lock:
+            old = self._models.get(name)
+            moved = old is None or (listing_key(self.config, old), old.model) != (
+                listing_key(config, model),
+                model.model,
+            )
+            self.config = config
+            self._models = {m.name: m for m in config.models}
+            if not moved:
+                return
+            if name in self._given_unchecked or listing_key(config, model) is None:
+                self._unchecked |= {name}
+                self._ready.add(name)
+            else:
+                self._unchecked -= {name}
+                self._ready.discard(name)
 
     def forget(self, name: str) -> None:
         """Check model `name` again before its next call (its server said it lacks it)."""

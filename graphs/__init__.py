@@ -2,25 +2,46 @@
 
 from modelyard.graphs.fan_out import build_fan_out_graph, compare_models, parallel_tasks
 from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
+from modelyard.graphs.post_completion import add_post_completions
+from modelyard.graphs.review import build_plan_and_review_graph, build_review_graph
 from modelyard.graphs.route import build_route_graph
 from modelyard.graphs.run import arun_task, run_task
 from modelyard.graphs.run_fan_out import acompare, arun_fan_out, run_fan_out
 from modelyard.graphs.runner import RunnerClosedError, TaskRunner
+from modelyard.graphs.stream import (
+    Finished,
+    Notice,
+    StepUpdate,
+    StreamEvent,
+    Token,
+    astream_task,
+    stream_events,
+)
 from modelyard.state.fan_out import Branch, BranchResult
 
 __all__ = [
     "Branch",
     "BranchResult",
+    "Finished",
+    "Notice",
     "RunnerClosedError",
+    "StepUpdate",
+    "StreamEvent",
     "TaskRunner",
+    "Token",
     "acompare",
+    "add_post_completions",
     "arun_fan_out",
     "arun_task",
+    "astream_task",
     "build_fan_out_graph",
     "build_plan_and_implement_graph",
+    "build_plan_and_review_graph",
+    "build_review_graph",
     "build_route_graph",
     "compare_models",
     "parallel_tasks",
     "run_fan_out",
     "run_task",
+    "stream_events",
 ]

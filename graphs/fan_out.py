@@ -23,7 +23,8 @@ def build_fan_out_graph(
 
     Each branch runs the `route` graph (or `plan_and_implement`, per `Branch.graph`) as a
     subgraph, with the run's context, store and checkpointer: its own classification,
-    selection, retries, fallback and stats. `results` holds one `BranchResult` per branch,
+    selection, retries, fallback and stats, but no post-completion steps (branches would
+    write the same files at once). `results` holds one `BranchResult` per branch,
     in branch order, failed branches included; `failed` names the branches that failed.
 
     Input: `{"branches": [Branch, ...]}`, or `{"prompt": ..., "models": [...]}` to ask
@@ -32,11 +33,12 @@ def build_fan_out_graph(
     Args:
         config: Where the retry settings come from; default: the packaged ones.
     """
+    # Branches run no post-completion steps: several branches would write the same files.
     graphs = {
-        "route": build_route_graph(config).compile(name="route"),
-        "plan_and_implement": build_plan_and_implement_graph(config).compile(
-            name="plan_and_implement"
-        ),
+        "route": build_route_graph(config, post_completions=False).compile(name="route"),
+        "plan_and_implement": build_plan_and_implement_graph(
+            config, post_completions=False
+        ).compile(name="plan_and_implement"),
     }
     builder = StateGraph(FanOutState, context_schema=Context, input_schema=FanOutInput)
     builder.add_node("fan_out", fan_out)

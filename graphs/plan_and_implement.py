@@ -5,6 +5,7 @@ from __future__ import annotations
 from langgraph.graph import END, START, StateGraph
 
 from modelyard.configs import ModelyardConfig
+from modelyard.graphs.post_completion import add_post_completions
 from modelyard.nodes import (
     Context,
     classify_task,
@@ -19,16 +20,19 @@ from modelyard.state import Step, TaskInput, TaskState
 
 def build_plan_and_implement_graph(
     config: ModelyardConfig | None = None,
+    *,
+    post_completions: bool = True,
 ) -> StateGraph[TaskState, Context, TaskInput, TaskState]:
     """Return the uncompiled graph: classify -> select planner -> plan -> select coder -> implement.
 
     The planner is the best model for `planning`, the coder the best for `code_generation`;
     `model` in the input overrides both, `step_models` ({"plan": ..., "implement": ...})
     each one. A failed plan or implementation falls back to the next best model for it,
-    as in the route graph.
+    as in the route graph. The config's post-completion steps run after the implementation.
 
     Args:
         config: Where the retry settings come from; default: the packaged ones.
+        post_completions: Run the config's post-completion steps after the implementation.
     """
     policy = retry_policy(config.retry if config else None)
     builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
@@ -52,7 +56,10 @@ def build_plan_and_implement_graph(
     builder.add_edge("select_planner", "plan")
     builder.add_edge("plan", "select_coder")
     builder.add_edge("select_coder", "implement")
-    builder.add_edge("implement", END)
+    if post_completions:
+        add_post_completions(builder, after="implement", config=config)
+    else:
+        builder.add_edge("implement", END)
     return builder
 
 

@@ -10,12 +10,19 @@ from langgraph.store.base import BaseStore
 from modelyard.configs import ModelyardConfig
 from modelyard.configs.persistence import open_store
 from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
+from modelyard.graphs.review import build_plan_and_review_graph, build_review_graph
 from modelyard.graphs.route import build_route_graph
 from modelyard.nodes import Context
+from modelyard.routers.post_completion import post_steps
 from modelyard.state import Task
 
-GraphName = Literal["route", "plan_and_implement"]
-BUILDERS = {"route": build_route_graph, "plan_and_implement": build_plan_and_implement_graph}
+GraphName = Literal["route", "plan_and_implement", "review", "plan_and_review"]
+BUILDERS = {
+    "route": build_route_graph,
+    "plan_and_implement": build_plan_and_implement_graph,
+    "review": build_review_graph,
+    "plan_and_review": build_plan_and_review_graph,
+}
 
 
 async def arun_task(
@@ -30,7 +37,7 @@ async def arun_task(
 
     Args:
         task: The task, or just its prompt.
-        graph: `route` or `plan_and_implement`.
+        graph: `route`, `plan_and_implement`, `review` or `plan_and_review`.
         context: The run's context; default: built from `config`, else the default config.
         config: A config object to run with, when no context is given.
         store: Where the models' stats live; default: the store the config's
@@ -44,18 +51,23 @@ async def arun_task(
             return await arun_task(task, graph=graph, context=context, store=opened)
     compiled = BUILDERS[graph](settings).compile(store=store)
     state: dict[str, Any] = await compiled.ainvoke(
-        task.to_input(), {"recursion_limit": recursion_limit(task)}, context=context
+        task.to_input(), {"recursion_limit": recursion_limit(task, settings)}, context=context
     )
     return task.with_state(state)
 
 
-def recursion_limit(task: Task) -> int:
+def recursion_limit(task: Task, config: ModelyardConfig | None = None) -> int:
     """Return a recursion limit that lets every step try `task.max_attempts` models.
 
-    Each fallback takes three supersteps (error handler, select, work node); LangGraph's
-    default limit of 25 would stop a task with a large `max_attempts` early.
+    Each fallback takes three supersteps (error handler, select, work node), for each of
+    the up to four steps that call models (plan, implement, review, revise); each review
+    round takes two more (revise, review), and each post-completion step in `config` up
+    to three (post_complete, its error handler or apply_effects). LangGraph's default limit
+    of 25 would stop a task with a large `max_attempts` or `max_rounds` early.
     """
-    return max(25, 10 + 2 * 3 * (task.max_attempts + 1))
+    fallbacks = 4 * 3 * (task.max_attempts + 1)
+    post = 3 * len(post_steps(config)) if config is not None else 0
+    return max(25, 10 + fallbacks + 2 * task.max_rounds + post)
 
 
 def run_task(

@@ -25,7 +25,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
-from modelyard.configs import ModelyardConfig
+from modelyard.configs import ModelConfig, ModelyardConfig
 from modelyard.configs.persistence import open_checkpointer, open_store, postgres_pool
 from modelyard.configs.schema import PersistenceSettings
 from modelyard.configs.server_models import check_configured_models
@@ -239,6 +239,27 @@ class TaskRunner:
             await self._finish(live, live.task, "cancelled before it started")
         return True
 
+    def update_model_config(self, name: str, /, **changes: Any) -> ModelConfig:
+        """Change model `name`'s config for every task, from its next model call on.
+
+        Tasks already running see the change at their next model call and selection;
+        queued tasks run with it. Works whether the runner is running or not.
+
+        Args:
+            name: A configured model's name.
+            **changes: What to change (see `ModelRegistry.update_model`), e.g.
+                `temperature=0.1`, `timeout=30`, `weights={"code_generation": 0.9}`.
+
+        Returns:
+            The model's new config.
+
+        Raises:
+            ConfigError: every problem with the change; nothing was changed.
+        """
+        model = self.context.update_model_config(name, **changes)
+        self.config = self.context.models().config
+        return model
+
     async def get(self, task_id: str) -> Task | None:
         """Return a task as it stands now, from this runner or from the database."""
         live = self._live.get(task_id)
@@ -349,7 +370,7 @@ class TaskRunner:
         compiled = self._graphs[live.graph]
         config: RunnableConfig = {
             "configurable": {"thread_id": task.id},
-            "recursion_limit": recursion_limit(task),
+            "recursion_limit": recursion_limit(task, self.config),
         }
         try:
             payload, done = await self._resume_point(compiled, config, task)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.messages import AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.pregel import Pregel
 from langgraph.store.base import BaseStore
+from langgraph.types import StreamMode
 
 from modelyard.configs import ModelyardConfig
 from modelyard.configs.persistence import open_store
@@ -31,6 +32,8 @@ class Token:
     """The attempt on this model; a retry starts the step's text over."""
     node: str = ""
     """The graph node that made the call."""
+    post_index: int | None = None
+    """For a post-completion step: its place in the config's order (0 = first)."""
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Finished:
 
 
 StreamEvent = Token | StepUpdate | Notice | Finished
-STREAM_MODES = ["messages", "updates", "values", "custom"]
+STREAM_MODES: list[StreamMode] = ["messages", "updates", "values", "custom"]
 
 
 async def stream_events(
@@ -75,38 +78,43 @@ async def stream_events(
     `custom`. A model that answers without streaming yields its whole answer as one token.
     The last event is always `Finished`.
     """
-    streamed: set[tuple[str, str, int]] = set()
+    streamed: set[tuple[str, str, int, int | None]] = set()
     state: dict[str, Any] = {}
     async for mode, chunk in graph.astream(
         graph_input, config, context=context, stream_mode=STREAM_MODES
     ):
         if mode == "values":
-            state = chunk
+            state = cast(dict[str, Any], chunk)
         elif mode == "custom":
             if isinstance(chunk, dict) and "modelyard_event" in chunk:
                 data = {k: v for k, v in chunk.items() if k != "modelyard_event"}
                 yield Notice(str(chunk["modelyard_event"]), data)
         elif mode == "updates":
-            for node, update in chunk.items():
+            for node, update in cast(dict[str, Any], chunk).items():
                 if not isinstance(update, dict):
                     continue
                 events = tuple(e for e in update.get("history") or [] if isinstance(e, TaskEvent))
                 yield StepUpdate(node, events, update)
         elif mode == "messages":
-            token = _token(*chunk, streamed)
+            message, metadata = cast(tuple[BaseMessage, dict[str, Any]], chunk)
+            token = _token(message, metadata, streamed)
             if token is not None:
                 yield token
     yield Finished(state)
 
 
 def _token(
-    message: BaseMessage, metadata: dict[str, Any], streamed: set[tuple[str, str, int]]
+    message: BaseMessage,
+    metadata: dict[str, Any],
+    streamed: set[tuple[str, str, int, int | None]],
 ) -> Token | None:
     step, model = metadata.get("modelyard_step"), metadata.get("modelyard_model")
     if step is None or model is None or not isinstance(message.content, str):
         return None
     attempt = int(metadata.get("modelyard_attempt") or 1)
-    key = (str(step), str(model), attempt)
+    post = metadata.get("modelyard_post_index")
+    post_index = post if isinstance(post, int) else None
+    key = (str(step), str(model), attempt, post_index)
     if isinstance(message, AIMessageChunk):
         streamed.add(key)
     elif key in streamed:
@@ -114,7 +122,7 @@ def _token(
     if not message.content:
         return None
     node = str(metadata.get("langgraph_node", ""))
-    return Token(str(step), str(model), message.content, attempt, node)
+    return Token(str(step), str(model), message.content, attempt, node, post_index)
 
 
 async def astream_task(
@@ -149,6 +157,6 @@ async def astream_task(
                 yield event
         return
     compiled = BUILDERS[graph](settings).compile(store=store)
-    run_config: RunnableConfig = {"recursion_limit": recursion_limit(task)}
+    run_config: RunnableConfig = {"recursion_limit": recursion_limit(task, settings)}
     async for event in stream_events(compiled, task.to_input(), context=context, config=run_config):
         yield event

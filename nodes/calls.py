@@ -13,7 +13,8 @@ import ollama
 import openai
 from langchain_core.callbacks import BaseCallbackHandler, Callbacks
 from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.runnables import RunnableConfig
+from langchain_core.runnables import Runnable, RunnableBinding, RunnableConfig
+from langchain_core.tools import BaseTool
 
 from modelyard.configs import ModelConfig, ModelRegistry
 from modelyard.state import ModelCall, ModelCallError, ModelErrorKind
@@ -37,17 +38,21 @@ async def call_model(
     overrides: Mapping[str, Any] | None = None,
     config: RunnableConfig | None = None,
     attempt: int = 1,
+    tools: Sequence[BaseTool] = (),
 ) -> tuple[AIMessage, ModelCall]:
     """Call model `name` with `messages`; return its answer and a record of the call.
 
     When the run streams tokens (`stream_mode="messages"`) the model streams, and the record
-    has the time to the first token.
+    has the time to the first token. With `tools`, they are bound to the model
+    (`bind_tools`) and the answer may hold `tool_calls` instead of text.
 
     Raises:
         ModelCallError: whatever failed, with its kind, the model and the URL.
     """
     model = registry.get(name)
     client = registry.chat_model(name, overrides)
+    if tools:
+        client = with_tools(client, tools)
     started = time.perf_counter()
     first_token = _FirstToken()
     config = {**(config or {})}
@@ -93,6 +98,21 @@ async def call_model(
         prompt=[{"role": m.type, "content": str(m.content)} for m in messages],
     )
     return message, record
+
+
+def with_tools(client: Runnable[Any, Any], tools: Sequence[BaseTool]) -> Runnable[Any, Any]:
+    """Return `client` with `tools` bound, keeping what was bound to it (Ollama's options).
+
+    Raises:
+        TypeError: the client cannot call tools (it has no `bind_tools`).
+    """
+    if isinstance(client, RunnableBinding):
+        return with_tools(client.bound, tools).bind(**client.kwargs)
+    bind_tools = getattr(client, "bind_tools", None)
+    if bind_tools is None:
+        raise TypeError(f"{type(client).__name__} cannot bind tools")
+    bound: Runnable[Any, Any] = bind_tools(list(tools))
+    return bound
 
 
 class _FirstToken(BaseCallbackHandler):

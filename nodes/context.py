@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from modelyard.configs import ModelRegistry, ModelyardConfig, load_config, resolve_config_path
+from langgraph.runtime import get_runtime
+
+from modelyard.configs import (
+    ModelConfig,
+    ModelRegistry,
+    ModelyardConfig,
+    load_config,
+    resolve_config_path,
+)
+
+#: Registries shared by every context that names the same config file (see `models`).
+_SHARED: weakref.WeakSet[ModelRegistry] = weakref.WeakSet()
 
 
 @dataclass(kw_only=True)
@@ -41,6 +54,59 @@ class Context:
                 self.registry = _registry_for_file(str(path), _mtime(path))
         return self.registry
 
+    def update_model_config(self, name: str, /, **changes: Any) -> ModelConfig:
+        """Change model `name`'s config for this context's runs, from their next model call.
+
+        Runs under way with this context see the change at their next model call (and
+        their next model selection). A registry this context shares with every other
+        context of the same config file is copied first, so that the change stays with
+        this context; a registry passed as `registry=` is changed in place, for everyone
+        who holds it.
+
+        Args:
+            name: A configured model's name.
+            **changes: What to change (see `ModelRegistry.update_model`), e.g.
+                `temperature=0.1`, `timeout=30`, `weights={"code_generation": 0.9}`.
+
+        Returns:
+            The model's new config.
+
+        Raises:
+            ConfigError: every problem with the change; nothing was changed.
+        """
+        registry = self.models()
+        if registry in _SHARED:
+            registry = registry.copy()
+        model = registry.update_model(name, **changes)
+        self.registry = registry
+        if self.config is not None:
+            self.config = registry.config
+        return model
+
+
+def update_model_config(name: str, /, **changes: Any) -> ModelConfig:
+    """Change model `name`'s config for the graph run this is called from.
+
+    Call it from inside a run: a node, a tool, or a callback of a model call. The change
+    takes effect at the run's next model call; see `Context.update_model_config`.
+
+    Raises:
+        ConfigError: every problem with the change; nothing was changed.
+        RuntimeError: not called from inside a graph run with a modelyard `Context`.
+    """
+    try:
+        runtime = get_runtime(Context)
+    except (RuntimeError, KeyError):
+        runtime = None
+    context = getattr(runtime, "context", None)
+    if not isinstance(context, Context):
+        raise RuntimeError(
+            "update_model_config(name, ...) changes the graph run it is called from, and "
+            "this is not inside a run with a modelyard Context; outside a run, call "
+            "context.update_model_config(...) or runner.update_model_config(...)"
+        )
+    return context.update_model_config(name, **changes)
+
 
 def _mtime(path: Path) -> float:
     try:
@@ -53,4 +119,6 @@ def _mtime(path: Path) -> float:
 def _registry_for_file(path: str, mtime: float) -> ModelRegistry:
     """Return one registry per config file and version, so clients are reused across runs."""
     del mtime  # part of the cache key: an edited file is read again
-    return ModelRegistry(load_config(path))
+    registry = ModelRegistry(load_config(path))
+    _SHARED.add(registry)
+    return registry

@@ -1,22 +1,24 @@
-"""The work nodes: answer, plan and implement, each bound to the model selected for it."""
+"""The work nodes: answer, plan, implement, review and revise, each bound to its model."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.config import get_config, get_stream_writer
 from langgraph.runtime import Runtime
 
 from modelyard.configs import ModelRegistry, PullProgress
-from modelyard.configs.templates import render_prompt
+from modelyard.configs.templates import render_messages
 from modelyard.nodes.calls import call_model
 from modelyard.nodes.context import Context
 from modelyard.nodes.stats import StatsBook
 from modelyard.state import (
     CooldownReason,
+    ModelCall,
     ModelCallError,
     ModelErrorKind,
     ModelNotOnServerError,
@@ -35,26 +37,69 @@ class WorkNode(Protocol):
     async def __call__(self, state: TaskState, runtime: Runtime[Context]) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class StepReply:
+    """A model's answer to one step, for the function that turns it into a state update."""
+
+    text: str
+    """The answer's text."""
+    model: str
+    """The configured model that answered."""
+    url: str
+    """Where it was called."""
+    call: ModelCall
+    """The record of the call (latency, tokens, ...)."""
+    attempt: int
+    """Which attempt on this model it was (1 = no retry)."""
+
+
+#: Turns a step's answer into the state update; may raise ModelCallError for an answer it
+#: cannot use (it is retried and falls back like any failed call). History events it
+#: returns come after the step's `model_call` event.
+Finish = Callable[[TaskState, StepReply], dict[str, Any]]
+
+#: The values a step's prompt template fills in, from the state.
+PromptValues = Callable[[TaskState], dict[str, Any]]
+
+#: Which configured model runs a step, from the state.
+ModelFor = Callable[[TaskState], str]
+
 #: The state key each step writes its text to.
 OUTPUT_KEYS = {Step.ANSWER: "result", Step.PLAN: "plan", Step.IMPLEMENT: "implementation"}
 
 
-def work_node(step: Step, *, final: bool) -> WorkNode:
-    """Return a node that runs `step` on its selected model.
+def work_node(
+    step: Step,
+    *,
+    final: bool = False,
+    values: PromptValues | None = None,
+    model: ModelFor | None = None,
+    finish: Finish | None = None,
+) -> WorkNode:
+    """Return a node that runs `step` on its model.
+
+    Every step gets the same machinery: the model's template for the step
+    (`configs.templates`), the wait for a rate limit before a retry, the check that the
+    model is on its server, the call with the routing in its tags and metadata, the
+    model's stats, and errors as ModelCallError for the retry policy and the fallback.
 
     Args:
-        step: The step; its prompt template is `configs/prompts/<step>.md`.
-        final: Whether this step's text is the task's result, ending the task.
+        step: The step; it names the model's prompt template and the stream metadata.
+        final: Whether this step's text is the task's result, ending the task (with the
+            default `finish`).
+        values: The template's values; default: the task's prompt and its plan.
+        model: The model to run; default: the one selected for `step`.
+        finish: Turns the answer into the state update; default: the text goes to the
+            step's key in `OUTPUT_KEYS` (and to `result`, when `final`).
     """
+    values = values or _prompt_values
+    model_for = model or _selected_model(step)
+    finish = finish or write_output(step, final=final)
 
     async def work(state: TaskState, runtime: Runtime[Context]) -> dict[str, Any]:
         registry = runtime.context.models()
-        selection = state["selections"][step.value]
-        model = registry.get(selection.model)
-        messages: list[BaseMessage] = []
-        if model.system_prompt:
-            messages.append(SystemMessage(model.system_prompt))
-        messages.append(HumanMessage(render_prompt(step.value, **_prompt_values(state))))
+        model = registry.get(model_for(state))
+        messages, prompt = render_messages(model, step.value, **values(state))
         attempt = runtime.execution_info.node_attempt if runtime.execution_info else 1
         task_context = state.get("context") or TaskContext()
         book = StatsBook(runtime.store, registry.config)
@@ -68,9 +113,14 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
                 messages,
                 step=step.value,
                 overrides=task_context.options,
-                config=_tagged(get_config(), state, step, model.name, attempt),
+                config=tagged(get_config(), state, step.value, model.name, attempt),
                 attempt=attempt,
             )
+            answered_at = utcnow()  # the model_call event comes before what finish adds
+            reply = StepReply(
+                str(message.content), model.name, registry.base_url(model.name), call, attempt
+            )
+            update = _finish(finish, state, reply)
         except ModelCallError as error:
             if error.kind is ModelErrorKind.NOT_FOUND:
                 registry.server_models.forget(model.name)  # ask its server again next time
@@ -83,6 +133,7 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
         await book.record_success(call)
         retried = f" after {attempt} attempts" if attempt > 1 else ""
         event = TaskEvent(
+            at=answered_at,
             kind="model_call",
             step=step.value,
             model=model.name,
@@ -92,27 +143,63 @@ def work_node(step: Step, *, final: bool) -> WorkNode:
                 "input_tokens": call.input_tokens,
                 "output_tokens": call.output_tokens,
                 "attempts": attempt,
+                "prompt": prompt,
             },
         )
-        update: dict[str, Any] = {
-            OUTPUT_KEYS[step]: message.content,
+        return update | {
             "calls": [call],
             "attempts": attempt,
-            "history": [event],
+            "history": [event, *update.get("history", [])],
         }
-        if final:
-            update |= {
-                "result": message.content,
-                "assigned_model": model.name,
-                "status": TaskStatus.COMPLETED,
-                "finished_at": utcnow(),
-                "error": None,
-                "history": [event, TaskEvent(kind="completed", step=step.value, model=model.name)],
-            }
-        return update
 
     work.__name__ = work.__qualname__ = step.value
     return work
+
+
+def write_output(step: Step, *, final: bool) -> Finish:
+    """Return the default `finish`: the text to the step's key, and to `result` when final.
+
+    Raises:
+        ValueError: the step has no key of its own (review, revise): give `finish=`.
+    """
+    if step not in OUTPUT_KEYS:
+        raise ValueError(
+            f"the {step.value} step writes no text of its own: pass finish= to work_node, "
+            f"or use modelyard.nodes.review for the review loop's steps"
+        )
+
+    def write(state: TaskState, reply: StepReply) -> dict[str, Any]:
+        update: dict[str, Any] = {OUTPUT_KEYS[step]: reply.text}
+        if final:
+            update |= {
+                "result": reply.text,
+                "assigned_model": reply.model,
+                "status": TaskStatus.COMPLETED,
+                "finished_at": utcnow(),
+                "error": None,
+                "history": [TaskEvent(kind="completed", step=step.value, model=reply.model)],
+            }
+        return update
+
+    return write
+
+
+def _finish(finish: Finish, state: TaskState, reply: StepReply) -> dict[str, Any]:
+    """Run `finish`; an answer it refuses counts as a failed call of this attempt."""
+    try:
+        return finish(state, reply)
+    except ModelCallError as error:
+        error.attempts = reply.attempt
+        # Its text was streamed: whoever shows the stream must hear that it was dropped.
+        error.streamed_tokens = reply.call.output_tokens if reply.call.first_token_ms else 0
+        raise
+
+
+def _selected_model(step: Step) -> ModelFor:
+    def selected(state: TaskState) -> str:
+        return state["selections"][step.value].model
+
+    return selected
 
 
 async def wait_out_rate_limit(
@@ -180,21 +267,32 @@ def _prompt_values(state: TaskState) -> dict[str, str]:
     return {"prompt": state["prompt"], "plan": state.get("plan", "")}
 
 
-def _tagged(
-    config: RunnableConfig, state: TaskState, step: Step, model: str, attempt: int
+def tagged(
+    config: RunnableConfig,
+    state: TaskState,
+    step: str,
+    model: str,
+    attempt: int,
+    **metadata: Any,
 ) -> RunnableConfig:
-    """Return the run config with the routing in its tags and metadata, for tracing."""
+    """Return the run config with the routing in its tags and metadata.
+
+    Tracing shows the step and model; token streams (`stream_mode="messages"`) carry
+    `modelyard_step`, `modelyard_model` and `modelyard_attempt`, and any `metadata` given
+    (as `modelyard_<key>`).
+    """
     task_type = state.get("task_type")
     return {
         **config,
-        "run_name": f"{step.value}:{model}",
-        "tags": [*config.get("tags", []), f"modelyard:{step.value}", f"model:{model}"],
+        "run_name": f"{step}:{model}",
+        "tags": [*config.get("tags", []), f"modelyard:{step}", f"model:{model}"],
         "metadata": {
             **config.get("metadata", {}),
             "modelyard_task_id": state.get("task_id"),
             "modelyard_task_type": str(task_type) if task_type else None,
-            "modelyard_step": step.value,
+            "modelyard_step": step,
             "modelyard_model": model,
             "modelyard_attempt": attempt,
+            **{f"modelyard_{key}": value for key, value in metadata.items()},
         },
     }

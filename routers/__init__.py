@@ -1,6 +1,7 @@
 """Pure decisions, no I/O: the task classifier, the model selector, what to retry."""
 
 from modelyard.routers.keywords import classify_by_keywords, keyword_scores
+from modelyard.routers.post_completion import PostStep, next_post_step, post_steps
 from modelyard.routers.retry import is_retryable, retry_policy
 from modelyard.routers.select import (
     Ranking,
@@ -14,6 +15,7 @@ from modelyard.routers.select import (
 )
 
 __all__ = [
+    "PostStep",
     "Ranking",
     "classify_by_keywords",
     "describe_factors",
@@ -21,6 +23,8 @@ __all__ = [
     "initial_stats",
     "is_retryable",
     "keyword_scores",
+    "next_post_step",
+    "post_steps",
     "rank_models",
     "retry_policy",
     "select_model",

@@ -26,6 +26,8 @@ from modelyard.state import (
 STEP_TASK_TYPES: dict[Step, TaskType] = {
     Step.PLAN: TaskType.PLANNING,
     Step.IMPLEMENT: TaskType.CODE_GENERATION,
+    Step.REVIEW: TaskType.CODE_REVIEW,
+    Step.REVISE: TaskType.CODE_GENERATION,
 }
 
 

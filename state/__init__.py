@@ -21,11 +21,18 @@ from modelyard.state.graph_state import (
     TaskInput,
     TaskState,
 )
+from modelyard.state.post_completion import (
+    PostCompletionResult,
+    StagedWrite,
+    ToolCallRecord,
+)
+from modelyard.state.review import DEFAULT_MAX_ROUNDS, ReviewRound, Verdict
 from modelyard.state.stats import CooldownReason, Health, ModelStats
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
 from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
 
 __all__ = [
+    "DEFAULT_MAX_ROUNDS",
     "AttemptsExhaustedError",
     "CandidateScore",
     "Classification",
@@ -43,9 +50,12 @@ __all__ = [
     "ModelStats",
     "ModelyardError",
     "NoModelAvailableError",
+    "PostCompletionResult",
     "Priority",
     "Requirements",
+    "ReviewRound",
     "Selection",
+    "StagedWrite",
     "Step",
     "Task",
     "TaskContext",
@@ -54,5 +64,7 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "TaskType",
+    "ToolCallRecord",
     "UnknownModelError",
+    "Verdict",
 ]

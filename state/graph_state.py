@@ -9,6 +9,8 @@ from typing import Annotated, Any, NotRequired
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
+from modelyard.state.post_completion import PostCompletionResult, merge_post_completions
+from modelyard.state.review import ReviewRound
 from modelyard.state.task import Requirements, TaskContext, TaskEvent
 from modelyard.state.types import Classification, TaskStatus, TaskType
 
@@ -107,6 +109,7 @@ class TaskInput(TypedDict):
     context: NotRequired[TaskContext | dict[str, Any]]
     priority: NotRequired[int]
     max_attempts: NotRequired[int]
+    max_rounds: NotRequired[int]
     created_at: NotRequired[datetime]
 
 
@@ -146,7 +149,11 @@ class TaskState(TypedDict, total=False):
     plan: str
     """The plan; written by `plan`."""
     implementation: str
-    """The code; written by `implement`."""
+    """The code; written by `implement`, and by `revise` in the review loop."""
+    rounds: Annotated[list[ReviewRound], operator.add]
+    """Every round of the review loop (code, verdict, comments, models); appended by `review`."""
+    max_rounds: int
+    """Most review rounds before the loop stops without approval; set by the caller."""
     result: str
     """The final answer; written by the last work node."""
     assigned_model: str
@@ -155,6 +162,9 @@ class TaskState(TypedDict, total=False):
     """Lifecycle status; running from `classify`, completed by the last work node."""
     error: dict[str, Any] | None
     """Terminal error record, when the task failed."""
+    post_completions: Annotated[list[PostCompletionResult], merge_post_completions]
+    """One entry per post-completion step that ran, in config order; written by
+    `post_complete`, its files by `apply_effects` (entries are merged by index)."""
     created_at: datetime
     started_at: datetime
     finished_at: datetime

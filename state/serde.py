@@ -6,12 +6,15 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from modelyard.state.fan_out import Branch, BranchResult
 from modelyard.state.graph_state import CandidateScore, FailedAttempt, ModelCall, Selection
+from modelyard.state.post_completion import PostCompletionResult, StagedWrite, ToolCallRecord
+from modelyard.state.review import ReviewRound, Verdict
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
 from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
 
 CHECKPOINT_TYPES: tuple[type, ...] = (
     Branch, BranchResult, CandidateScore, Classification, FailedAttempt, ModelCall, Priority,
     Requirements, Selection, Step, Task, TaskContext, TaskEvent, TaskStatus, TaskType,
+    ReviewRound, Verdict, PostCompletionResult, StagedWrite, ToolCallRecord,
 )  # fmt: skip
 
 

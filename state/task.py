@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
+from modelyard.state.post_completion import PostCompletionResult
+from modelyard.state.review import DEFAULT_MAX_ROUNDS, ReviewRound
 from modelyard.state.types import Priority, TaskStatus, TaskType
 
 if TYPE_CHECKING:
@@ -99,8 +101,14 @@ class Task(BaseModel):
     """Model calls made, retries included."""
     max_attempts: int = Field(default=3, ge=1)
     """Most models one step may try (each with the config's retries) before the task fails."""
+    max_rounds: int = Field(default=DEFAULT_MAX_ROUNDS, ge=1)
+    """Most review rounds in the review graphs before the loop stops without approval."""
+    rounds: list[ReviewRound] = Field(default_factory=list)
+    """Every review round (code, verdict, comments, models), for the review graphs."""
     history: list[TaskEvent] = Field(default_factory=list)
     """Every event, in order."""
+    post_completions: list[PostCompletionResult] = Field(default_factory=list)
+    """The post-completion steps that ran after the result, in config order."""
 
     def to_input(self) -> TaskInput:
         """Return the graph input that runs this task."""
@@ -111,6 +119,7 @@ class Task(BaseModel):
             "context": self.context,
             "requirements": self.requirements,
             "max_attempts": self.max_attempts,
+            "max_rounds": self.max_rounds,
             "created_at": self.created_at,
         }
         if self.task_type is not None:
@@ -135,5 +144,10 @@ class Task(BaseModel):
                 "finished_at": state.get("finished_at", self.finished_at),
                 "attempts": state.get("attempts", self.attempts),
                 "history": list(state.get("history", self.history)),
+                "post_completions": [
+                    PostCompletionResult.model_validate(p)
+                    for p in state.get("post_completions", self.post_completions)
+                ],
+                "rounds": [ReviewRound.model_validate(r) for r in state.get("rounds", self.rounds)],
             }
         )

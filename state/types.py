@@ -43,6 +43,8 @@ class Step(StrEnum):
     ANSWER = "answer"
     PLAN = "plan"
     IMPLEMENT = "implement"
+    REVIEW = "review"
+    REVISE = "revise"
 
 
 class Classification(BaseModel):

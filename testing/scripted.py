@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import Field
 
-Reply = str | BaseException
-Respond = Callable[[list[BaseMessage]], str]
+Reply = str | AIMessage | BaseException
+Respond = Callable[[list[BaseMessage]], str | AIMessage]
 
 
 def count_tokens(text: str) -> int:
@@ -33,8 +35,11 @@ class ScriptedChatModel(GenericFakeChatModel):
     """
 
     messages: Iterator[AIMessage | str] = Field(default_factory=lambda: iter(()))
-    replies: list[Reply] = Field(default_factory=list)
-    """Answers in order; the last repeats. An exception is raised when its turn comes."""
+    replies: list[Annotated[BaseException | str | AIMessage, Field(union_mode="left_to_right")]] = (
+        Field(default_factory=list)
+    )
+    """Answers in order; the last repeats. An exception is raised when its turn comes; an
+    AIMessage with `tool_calls` calls tools (streamed as tool-call chunks)."""
     respond: Respond | None = None
     """Computes the answer from the messages, when `replies` is empty."""
     name_for_echo: str = "scripted"
@@ -49,7 +54,7 @@ class ScriptedChatModel(GenericFakeChatModel):
         return "scripted-chat-model"
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> ScriptedChatModel:
-        """Return this model unchanged: scripted answers ignore tools."""
+        """Return this model unchanged: scripted answers ignore tools (script the calls)."""
         return self
 
     def _reply(self, messages: list[BaseMessage]) -> AIMessage:
@@ -59,19 +64,21 @@ class ScriptedChatModel(GenericFakeChatModel):
             reply = self.replies[min(index, len(self.replies) - 1)]
             if isinstance(reply, BaseException):
                 raise reply
-            text = reply
+            answer: str | AIMessage = reply
         elif self.respond is not None:
-            text = self.respond(messages)
+            answer = self.respond(messages)
         else:
             last = str(messages[-1].content) if messages else ""
-            text = f"[{self.name_for_echo}] Answer to: {last[:80]}"
+            answer = f"[{self.name_for_echo}] Answer to: {last[:80]}"
+        message = answer if isinstance(answer, AIMessage) else AIMessage(content=answer)
+        text = str(message.content) + "".join(json.dumps(c["args"]) for c in message.tool_calls)
         prompt_text = " ".join(str(m.content) for m in messages)
         usage = UsageMetadata(
             input_tokens=count_tokens(prompt_text),
             output_tokens=count_tokens(text),
             total_tokens=count_tokens(prompt_text) + count_tokens(text),
         )
-        return AIMessage(content=text, usage_metadata=usage)
+        return message.model_copy(update={"usage_metadata": usage})
 
     def _generate(
         self,
@@ -100,6 +107,16 @@ class ScriptedChatModel(GenericFakeChatModel):
         pieces = [p for p in re.split(r"(\s+)", text) if p]
         for piece in pieces:
             yield ChatGenerationChunk(message=AIMessageChunk(content=piece, id=message.id))
+        if message.tool_calls:
+            chunks = [
+                tool_call_chunk(
+                    name=call["name"], args=json.dumps(call["args"]), id=call["id"], index=index
+                )
+                for index, call in enumerate(message.tool_calls)
+            ]
+            yield ChatGenerationChunk(
+                message=AIMessageChunk(content="", id=message.id, tool_call_chunks=chunks)
+            )
         yield ChatGenerationChunk(
             message=AIMessageChunk(
                 content="", id=message.id, usage_metadata=message.usage_metadata,
@@ -134,6 +151,17 @@ class ScriptedChatModel(GenericFakeChatModel):
             if run_manager:
                 await run_manager.on_llm_new_token(str(chunk.message.content), chunk=chunk)
             yield chunk
+
+
+def tool_calls(*calls: tuple[str, dict[str, Any]], content: str = "") -> AIMessage:
+    """Return a scripted reply that calls tools: `tool_calls(("read_file", {"path": "a"}))`."""
+    return AIMessage(
+        content=content,
+        tool_calls=[
+            {"name": name, "args": args, "id": f"call_{index}", "type": "tool_call"}
+            for index, (name, args) in enumerate(calls)
+        ],
+    )
 
 
 def cycle_replies(*replies: str) -> Respond:

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -27,8 +27,30 @@ from types import FrameType
 from typing import Any, Literal, NamedTuple, cast
 from urllib.parse import urlsplit
 
-ReplyFn = Callable[[str, list[dict[str, Any]]], str]
-"""Compute a reply from the model name and the chat messages (dicts with role and content)."""
+
+@dataclass(frozen=True)
+class ToolCallReply:
+    """A scripted reply that calls tools, in each protocol's own format.
+
+    Ollama gets `message.tool_calls` with each function's name and an arguments object;
+    OpenAI gets `choices[0].message.tool_calls` with an id, type `function`, the name and
+    the arguments as a JSON string (streamed as `delta.tool_calls` fragments), and
+    `finish_reason: "tool_calls"`. The client's answers come back as messages with role
+    `tool`, which a `ReplyFn` sees.
+
+    Attributes:
+        calls: One mapping per call: `{"name": "write_file", "arguments": {...}}`.
+        content: Text sent before the calls, if any.
+    """
+
+    calls: Sequence[Mapping[str, Any]]
+    content: str = ""
+
+
+Reply = str | ToolCallReply
+ReplyFn = Callable[[str, list[dict[str, Any]]], Reply]
+"""Compute a reply from the model name and the chat messages (dicts with role and content;
+tool results have role `tool`): text, or a `ToolCallReply`."""
 
 Protocol = Literal["ollama", "openai", "other"]
 
@@ -113,7 +135,7 @@ class RecordedRequest:
 @dataclass
 class _ModelEntry:
     context_length: int
-    replies: list[str] | ReplyFn | None = None
+    replies: list[Reply] | ReplyFn | None = None
     served: int = 0
 
 
@@ -247,14 +269,14 @@ class LocalModelServer:
         self,
         name: str,
         *,
-        replies: Sequence[str] | ReplyFn | None = None,
+        replies: Sequence[Reply] | ReplyFn | None = None,
         context_length: int = 4096,
     ) -> None:
         """Add (or replace) a model, optionally with scripted replies."""
         with self._lock:
             self._models[name] = _ModelEntry(context_length, _as_script(replies))
 
-    def script(self, model: str, replies: Sequence[str] | ReplyFn) -> None:
+    def script(self, model: str, replies: Sequence[Reply] | ReplyFn) -> None:
         """Script a model's replies: a sequence is served in order, then its last item repeats."""
         with self._lock:
             entry = self._models.setdefault(model, _ModelEntry(4096))
@@ -378,7 +400,7 @@ class LocalModelServer:
         with self._lock:
             self._log.append(request)
 
-    def _next_reply(self, model: str, messages: list[dict[str, Any]]) -> str:
+    def _next_reply(self, model: str, messages: list[dict[str, Any]]) -> Reply:
         with self._lock:
             entry = self._models.get(model)
             script = entry.replies if entry else None
@@ -441,6 +463,13 @@ class _Reply(NamedTuple):
     prompt_tokens: int
     completion_tokens: int
     cut: int | None  # content chunks to send before dropping the connection, for cut_stream
+    tool_calls: list[_ToolCall] = []
+
+
+class _ToolCall(NamedTuple):
+    id: str
+    name: str
+    arguments: dict[str, Any]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -625,14 +654,17 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         messages = _normalize_messages(call.body.get("messages"))
         try:
-            text = self.owner._next_reply(model, messages)
+            answer = self.owner._next_reply(model, messages)
+            calls = _tool_calls(answer) if isinstance(answer, ToolCallReply) else []
         except Exception as exc:
             self._send_error(protocol, 500, f"reply function failed: {exc!r}")
             return None
+        text = answer.content if isinstance(answer, ToolCallReply) else str(answer)
         prompt_tokens = max(1, sum(_estimate_tokens(m["content"]) for m in messages))
+        generated = _estimate_tokens(text + "".join(json.dumps(c.arguments) for c in calls))
         fault = call.fault
         cut = fault.after_chunks if fault and fault.kind == "cut_stream" else None
-        return _Reply(model, text, _split_reply(text), prompt_tokens, _estimate_tokens(text), cut)
+        return _Reply(model, text, _split_reply(text), prompt_tokens, generated, cut, calls)
 
     def _send_whole(self, payload: dict[str, Any], cut: int | None) -> None:
         """Send a non-streamed answer; with a cut, send half of it and drop the connection."""
@@ -662,8 +694,12 @@ class _Handler(BaseHTTPRequestHandler):
             "eval_duration": generated * 20_000_000,
         }
 
-        def line(content: str, done: bool) -> dict[str, Any]:
-            message = {"role": "assistant", "content": content}
+        def line(content: str, done: bool, calls: list[_ToolCall] | None = None) -> dict[str, Any]:
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if calls:
+                message["tool_calls"] = [
+                    {"function": {"name": c.name, "arguments": c.arguments}} for c in calls
+                ]
             return {
                 "model": reply.model,
                 "created_at": _now_iso(),
@@ -672,9 +708,11 @@ class _Handler(BaseHTTPRequestHandler):
             }
 
         if not call.stream:
-            self._send_whole({**line(reply.text, True), **stats}, reply.cut)
+            self._send_whole({**line(reply.text, True, reply.tool_calls), **stats}, reply.cut)
             return
         content = [_ndjson(line(piece, False)) for piece in reply.pieces]
+        if reply.tool_calls:  # Ollama sends the calls whole, in one line before the last
+            content.append(_ndjson(line("", False, reply.tool_calls)))
         final = _ndjson({**line("", True), **stats})
         self._stream("application/x-ndjson", [], content, [final], reply.cut)
 
@@ -749,9 +787,20 @@ class _Handler(BaseHTTPRequestHandler):
         }
         created, cid = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
         base = {"id": cid, "created": created, "model": reply.model}
+        finish = "tool_calls" if reply.tool_calls else "stop"
         if not call.stream:
-            message = {"role": "assistant", "content": reply.text}
-            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text}
+            if reply.tool_calls:
+                message["content"] = reply.text or None
+                message["tool_calls"] = [
+                    {
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                    }
+                    for c in reply.tool_calls
+                ]
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
             payload = {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
             self._send_whole(payload, reply.cut)
             return
@@ -761,7 +810,7 @@ class _Handler(BaseHTTPRequestHandler):
             return _sse({**base, "object": "chat.completion.chunk", "choices": [choice]})
 
         options = call.body.get("stream_options")
-        tail = [chunk({}, "stop")]
+        tail = [chunk({}, finish)]
         if isinstance(options, dict) and options.get("include_usage"):
             tail.append(
                 _sse({**base, "object": "chat.completion.chunk", "choices": [], "usage": usage})
@@ -769,6 +818,15 @@ class _Handler(BaseHTTPRequestHandler):
         tail.append(b"data: [DONE]\n\n")
         head = [chunk({"role": "assistant", "content": ""})]
         content = [chunk({"content": piece}) for piece in reply.pieces]
+        for index, tool in enumerate(reply.tool_calls):
+            # The id, type and name come first; the JSON arguments follow in fragments.
+            function = {"name": tool.name, "arguments": ""}
+            start = {"index": index, "id": tool.id, "type": "function", "function": function}
+            content.append(chunk({"tool_calls": [start]}))
+            arguments = json.dumps(tool.arguments)
+            for at in range(0, len(arguments), 16):
+                piece = {"index": index, "function": {"arguments": arguments[at : at + 16]}}
+                content.append(chunk({"tool_calls": [piece]}))
         self._stream("text/event-stream", head, content, tail, reply.cut)
 
     def _openai_models(self, call: _Call) -> None:
@@ -794,13 +852,26 @@ _ROUTES: dict[str, _Route] = {
 _STATUSES = frozenset(s.value for s in HTTPStatus)
 
 
-def _as_script(replies: Sequence[str] | ReplyFn | None) -> list[str] | ReplyFn | None:
+def _as_script(replies: Sequence[Reply] | ReplyFn | None) -> list[Reply] | ReplyFn | None:
     if replies is None or callable(replies):
         return replies
-    script = [str(r) for r in replies]
+    script = [r if isinstance(r, ToolCallReply) else str(r) for r in replies]
     if not script:
         raise ValueError("a reply script needs at least one reply")
     return script
+
+
+def _tool_calls(reply: ToolCallReply) -> list[_ToolCall]:
+    """Return the reply's calls with ids, checking each has a name and an arguments object."""
+    calls = []
+    for number, item in enumerate(reply.calls):
+        name, arguments = item.get("name"), item.get("arguments", {})
+        if not isinstance(name, str) or not isinstance(arguments, Mapping):
+            raise ValueError(
+                f"tool call {number} needs a name and an arguments mapping: {dict(item)!r}"
+            )
+        calls.append(_ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, dict(arguments)))
+    return calls
 
 
 def _parse_body(raw: bytes) -> tuple[dict[str, Any] | None, bool]:

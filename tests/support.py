@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelyard.configs import ModelRegistry, load_config
+from modelyard.configs.schema import PromptSettings
 from modelyard.nodes import Context
 from modelyard.testing.scripted import ScriptedChatModel
 
@@ -70,10 +71,20 @@ def write_config(directory: Path, text: str, name: str = "modelyard.yaml") -> Pa
 
 
 def scripted_context(
-    reasoner: ScriptedChatModel | None = None, coder: ScriptedChatModel | None = None
+    reasoner: ScriptedChatModel | None = None,
+    coder: ScriptedChatModel | None = None,
+    *,
+    styles: bool = True,
 ) -> Context:
-    """Return a Context running the packaged default config on scripted models."""
+    """Return a Context running the packaged default config on scripted models.
+
+    With `styles=False` the models get the plain step templates (`answer` is the prompt
+    itself), for tests that recognise a call by its prompt.
+    """
     config = load_config("default")
+    if not styles:
+        plain = [m.model_copy(update={"prompts": PromptSettings()}) for m in config.models]
+        config = config.model_copy(update={"models": plain})
     clients = {
         "reasoner": reasoner or ScriptedChatModel(name_for_echo="reasoner"),
         "coder": coder or ScriptedChatModel(name_for_echo="coder"),

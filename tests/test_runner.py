@@ -93,7 +93,7 @@ def make_runner(
 ) -> TaskRunner:
     """Return a runner on scripted models: `model` plays both roles unless `coder` is given."""
     model = model or HeldChatModel(name_for_echo="model")
-    context = scripted_context(reasoner=model, coder=coder or model)
+    context = scripted_context(reasoner=model, coder=coder or model, styles=False)
     return TaskRunner(context=context, workers=workers, persistence=str(persistence), **kwargs)
 
 

@@ -1,0 +1,110 @@
+"""The implement-and-review graphs: a coder implements, a reviewer reviews, the coder revises."""
+
+from __future__ import annotations
+
+from langgraph.graph import END, START, StateGraph
+
+from modelyard.configs import ModelyardConfig
+from modelyard.graphs.post_completion import add_post_completions
+from modelyard.nodes import (
+    Context,
+    classify_task,
+    fall_back,
+    record_failure,
+    select_model_for,
+    work_node,
+)
+from modelyard.nodes.review import finish_review, implement_node, review_node, revise_node
+from modelyard.routers import retry_policy
+from modelyard.routers.review import after_review
+from modelyard.state import Step, TaskInput, TaskState
+
+
+def build_review_graph(
+    config: ModelyardConfig | None = None, *, plan: bool = False, post_completions: bool = True
+) -> StateGraph[TaskState, Context, TaskInput, TaskState]:
+    """Return the uncompiled graph: implement, then review and revise until approved.
+
+    classify -> [select_planner -> plan ->] select_coder -> implement -> select_reviewer
+    -> review -> revise -> review ... -> finish [-> the config's post-completion steps].
+    The coder is the best model for `code_generation`, the reviewer the best for
+    `code_review` (the coder itself when no other model has that role). Each review
+    returns a verdict (approve, or request changes with comments) and adds a round to
+    `rounds`; the coder revises on the comments, on the same model, until the reviewer
+    approves or the task's `max_rounds` are reviewed. Either way the task completes,
+    with the last code as its `result`.
+
+    Every step retries and falls back like the route graph's: a reviewer that fails, or
+    whose answer has no readable verdict, is replaced by the next best reviewer; a coder
+    that fails a revision by the next best coder (`select_reviser`). The reviewer and the
+    coder are chosen once and kept from round to round unless they fail.
+
+    Args:
+        config: Where the retry settings come from; default: the packaged ones.
+        plan: Put a plan step first (the best model for `planning`): plan -> implement
+            -> review.
+        post_completions: Run the config's post-completion steps on the final code.
+    """
+    policy = retry_policy(config.retry if config else None)
+    builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
+    builder.add_node("classify", classify_task, error_handler=record_failure)
+    builder.add_edge(START, "classify")
+    if plan:
+        builder.add_node(
+            "select_planner", select_model_for(Step.PLAN), error_handler=record_failure
+        )
+        builder.add_node(
+            "plan",
+            work_node(Step.PLAN),
+            retry_policy=policy,
+            error_handler=fall_back(Step.PLAN, "select_planner"),
+        )
+        builder.add_edge("classify", "select_planner")
+        builder.add_edge("select_planner", "plan")
+        builder.add_edge("plan", "select_coder")
+    else:
+        builder.add_edge("classify", "select_coder")
+    builder.add_node("select_coder", select_model_for(Step.IMPLEMENT), error_handler=record_failure)
+    builder.add_node(
+        "implement",
+        implement_node(),
+        retry_policy=policy,
+        error_handler=fall_back(Step.IMPLEMENT, "select_coder"),
+    )
+    builder.add_node("select_reviewer", select_model_for(Step.REVIEW), error_handler=record_failure)
+    builder.add_node(
+        "review",
+        review_node(),
+        retry_policy=policy,
+        error_handler=fall_back(Step.REVIEW, "select_reviewer"),
+    )
+    builder.add_node("select_reviser", select_model_for(Step.REVISE), error_handler=record_failure)
+    builder.add_node(
+        "revise",
+        revise_node(),
+        retry_policy=policy,
+        error_handler=fall_back(Step.REVISE, "select_reviser"),
+    )
+    builder.add_node("finish", finish_review)
+    builder.add_edge("select_coder", "implement")
+    builder.add_edge("implement", "select_reviewer")
+    builder.add_edge("select_reviewer", "review")
+    builder.add_conditional_edges("review", after_review)
+    builder.add_edge("select_reviser", "revise")
+    builder.add_edge("revise", "review")
+    if post_completions:
+        add_post_completions(builder, after="finish", config=config)
+    else:
+        builder.add_edge("finish", END)
+    return builder
+
+
+def build_plan_and_review_graph(
+    config: ModelyardConfig | None = None, *, post_completions: bool = True
+) -> StateGraph[TaskState, Context, TaskInput, TaskState]:
+    """Return the uncompiled review graph with a plan step first (see `build_review_graph`)."""
+    return build_review_graph(config, plan=True, post_completions=post_completions)
+
+
+graph = build_review_graph().compile(name="review")
+plan_review_graph = build_plan_and_review_graph().compile(name="plan_and_review")
