@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from modelyard.configs.grants import ToolGrants
-from modelyard.configs.templates import PROMPTS_DIR, STEP_FIELDS, prompt_styles, template_fields
+from modelyard.configs.templates import PROMPTS_DIR, STEP_FIELDS, prompt_styles, template_problem
 from modelyard.state import TaskType
 
 #: Providers with a client of their own here; everything else goes through init_chat_model.
@@ -178,6 +178,15 @@ class PromptSettings(_Strict):
             return value
         folder = _config_dir(info) / value
         if folder.is_dir():
+            for step in STEP_FIELDS:
+                path = folder / f"{step}.md"
+                problem = template_problem(step, _text(path)) if path.is_file() else None
+                if problem:
+                    raise PydanticCustomError(
+                        "prompt_template",
+                        "{path}: {problem}",
+                        {"path": str(path), "problem": problem},
+                    )
             return str(folder.resolve())
         raise PydanticCustomError(
             "unknown_prompt_style",
@@ -192,7 +201,7 @@ class PromptSettings(_Strict):
         if value is None:
             return None
         text = value
-        if "\n" not in value.strip() and value.strip().endswith((".md", ".txt")):
+        if _names_a_file(value):
             path = _config_dir(info) / value.strip()
             try:
                 text = path.read_text(encoding="utf-8").strip("\n")
@@ -204,29 +213,27 @@ class PromptSettings(_Strict):
                     {"path": str(path), "reason": exc.strerror or str(exc)},
                 ) from None
         step = info.field_name or ""
-        if step == "system":
-            return text
-        try:
-            used = template_fields(text)
-        except ValueError as exc:
-            raise PydanticCustomError(
-                "prompt_template",
-                "not a valid template ({reason}); write a literal brace as {{ or }}",
-                {"reason": str(exc)},
-            ) from None
-        unknown = sorted(used - STEP_FIELDS[step])
-        if unknown:
-            raise PydanticCustomError(
-                "prompt_template",
-                "the {step} template uses {unknown}, which it is not given; it may use "
-                "{allowed} (write a literal brace as {{ or }})",
-                {
-                    "step": step,
-                    "unknown": ", ".join(f"{{{name}}}" for name in unknown),
-                    "allowed": ", ".join(f"{{{name}}}" for name in sorted(STEP_FIELDS[step])),
-                },
-            )
+        problem = None if step == "system" else template_problem(step, text)
+        if problem:
+            raise PydanticCustomError("prompt_template", "{problem}", {"problem": problem})
         return text
+
+
+def _names_a_file(value: str) -> bool:
+    """Whether a template value is a file's path: one word ending in `.md` or `.txt`."""
+    value = value.strip()
+    return value.endswith((".md", ".txt")) and not any(c.isspace() for c in value)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PydanticCustomError(
+            "prompt_file",
+            "cannot read prompt file {path}: {reason}",
+            {"path": str(path), "reason": str(exc)},
+        ) from None
 
 
 def _config_dir(info: ValidationInfo) -> Path:

@@ -42,17 +42,62 @@ class PromptTemplate:
     """`prompts/terse/implement.md`, or `models.coder.prompts.implement` for the config's own."""
 
     def render(self, **values: Any) -> str:
-        """Return the text with `{prompt}`, `{plan}`, ... filled in."""
-        return self.text.format(**values)
+        """Return the text with `{prompt}`, `{plan}`, ... filled in.
+
+        Raises:
+            ConfigError: the template uses a value it is not given, or is not a valid
+                template (a file edited after the config was loaded).
+        """
+        try:
+            return self.text.format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            from modelyard.state import ConfigError, ConfigProblem
+
+            given = ", ".join(f"{{{name}}}" for name in sorted(values))
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        self.source,
+                        "",
+                        f"the template cannot be filled in ({type(exc).__name__}: {exc}); it "
+                        f"may use {given}, and a literal brace is written {{{{ or }}}}",
+                    )
+                ]
+            ) from None
 
 
 def template_fields(text: str) -> set[str]:
-    """Return the `{names}` a template uses.
+    """Return the names a template uses: `{name}`, also inside a format spec (`{a:{b}}`).
+
+    A field such as `{prompt.upper}` or `{plan[0]}` counts as its whole text, so that it
+    is refused as a name the step does not give.
 
     Raises:
         ValueError: the text is not a valid template (a lone `{` or `}`).
     """
-    return {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    names: set[str] = set()
+    for _, name, spec, _ in string.Formatter().parse(text):
+        if name is not None:
+            names.add(name)
+        if spec and "{" in spec:
+            names |= template_fields(spec)
+    return names
+
+
+def template_problem(step: str, text: str) -> str | None:
+    """Return what is wrong with a template for `step`, or None when it is fine."""
+    try:
+        used = template_fields(text)
+    except ValueError as exc:
+        return f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}"
+    unknown = sorted(used - STEP_FIELDS[step])
+    if not unknown:
+        return None
+    return (
+        f"the {step} template uses {', '.join(f'{{{n}}}' for n in unknown)}, which it is "
+        f"not given; it may use {', '.join(f'{{{n}}}' for n in sorted(STEP_FIELDS[step]))} "
+        "(write a literal brace as {{ or }})"
+    )
 
 
 def prompt_styles() -> list[str]:
@@ -60,9 +105,22 @@ def prompt_styles() -> list[str]:
     return sorted(p.name for p in PROMPTS_DIR.iterdir() if p.is_dir())
 
 
-@functools.cache
 def _read(path: Path) -> str | None:
-    return path.read_text(encoding="utf-8").strip("\n") if path.is_file() else None
+    """Return a template file's text, read again when the file changes; None when missing."""
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    return _read_version(path, mtime)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_version(path: Path, mtime: int) -> str | None:
+    del mtime  # part of the cache key: an edited file is read again
+    try:
+        return path.read_text(encoding="utf-8").strip("\n")
+    except OSError:
+        return None
 
 
 def _styled(style: str, name: str) -> PromptTemplate | None:

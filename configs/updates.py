@@ -206,6 +206,17 @@ def describe_changes(old: ModelConfig, new: ModelConfig) -> list[str]:
     ]
 
 
+_POST_IN_ROLES = (
+    "roles in an update lists task types only; change post-completion steps with "
+    "post_completions=[{task: ..., tools: ...}] (the whole list, replacing the model's steps)"
+)
+
+
+def _has_post_role(roles: list[Any]) -> bool:
+    """Whether a roles list holds a `{postcompletions: ...}` entry (as config files may)."""
+    return any(isinstance(role, Mapping) for role in roles)
+
+
 def _changed_entry(
     model: ModelConfig, changes: Mapping[str, Any]
 ) -> tuple[dict[str, Any], list[tuple[tuple[str, ...], str]]]:
@@ -231,6 +242,8 @@ def _changed_entry(
             problems.append(((key,), f"{field} is required; give a value"))
         elif value is None:
             entry[field] = _default(field)
+        elif field == "roles" and isinstance(value, list) and _has_post_role(value):
+            problems.append(((key,), _POST_IN_ROLES))
         elif field == "prompts" and isinstance(value, str):
             merged.setdefault(field, {})["style"] = value  # `prompts: terse` names a style
         elif field in MERGED_FIELDS and isinstance(value, Mapping):

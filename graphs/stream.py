@@ -78,7 +78,7 @@ async def stream_events(
     `custom`. A model that answers without streaming yields its whole answer as one token.
     The last event is always `Finished`.
     """
-    streamed: set[tuple[str, str, int, int | None]] = set()
+    streamed: set[str] = set()
     state: dict[str, Any] = {}
     async for mode, chunk in graph.astream(
         graph_input, config, context=context, stream_mode=STREAM_MODES
@@ -103,21 +103,17 @@ async def stream_events(
     yield Finished(state)
 
 
-def _token(
-    message: BaseMessage,
-    metadata: dict[str, Any],
-    streamed: set[tuple[str, str, int, int | None]],
-) -> Token | None:
+def _token(message: BaseMessage, metadata: dict[str, Any], streamed: set[str]) -> Token | None:
     step, model = metadata.get("modelyard_step"), metadata.get("modelyard_model")
     if step is None or model is None or not isinstance(message.content, str):
         return None
     attempt = int(metadata.get("modelyard_attempt") or 1)
     post = metadata.get("modelyard_post_index")
     post_index = post if isinstance(post, int) else None
-    key = (str(step), str(model), attempt, post_index)
     if isinstance(message, AIMessageChunk):
-        streamed.add(key)
-    elif key in streamed:
+        if message.id:
+            streamed.add(message.id)
+    elif message.id and message.id in streamed:
         return None  # the whole message after its chunks: already yielded
     if not message.content:
         return None

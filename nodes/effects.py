@@ -22,8 +22,10 @@ checkpointer nothing resumes: a task run again is a new task, with a ledger of i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +95,30 @@ async def apply_write(ledger: EffectLedger, index: int, write: StagedWrite) -> b
 def write_atomically(target: Path, content: str, sha256: str) -> None:
     """Replace `target` with `content` at once: a reader sees the old file or the new one."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{sha256[:12]}.modelyard-tmp")
-    with temporary.open("wb") as handle:
-        handle.write(content.encode())
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, target)
+    # A fresh name made with O_EXCL: never a file (or symlink) that was already there, and
+    # never shared by two tasks writing the same file at once.
+    fd, name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.{sha256[:12]}.", suffix=".modelyard-tmp"
+    )
+    try:
+        os.fchmod(fd, _mode_of(target))  # mkstemp makes it 0600: keep the file's own mode
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content.encode())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+
+
+def _mode_of(target: Path) -> int:
+    """Return the permission bits `target` has, or 0o644 (rw-r--r--) for a new file."""
+    try:
+        return target.stat().st_mode & 0o777
+    except OSError:
+        return 0o644
 
 
 def _digest(path: Path) -> str | None:

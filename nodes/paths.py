@@ -6,6 +6,9 @@ from pathlib import Path
 
 from langchain_core.tools import ToolException
 
+#: A repository's own folder: never read or written by a tool, whatever the grant.
+GIT_DIR = ".git"
+
 
 class PathRefusedError(ToolException):
     """A path leaves the folder a tool may use, or names no file there.
@@ -22,7 +25,8 @@ def inside(folder: str | Path, path: str) -> Path:
 
     Raises:
         PathRefusedError: the path is empty, or it resolves outside `folder` (through
-            `..`, an absolute path elsewhere, or a symlink that points out of it).
+            `..`, an absolute path elsewhere, or a symlink that points out of it), or it
+            lies in a `.git` folder (in any letter case).
     """
     base = Path(folder).resolve()
     if not isinstance(path, str) or not path.strip():
@@ -36,5 +40,11 @@ def inside(folder: str | Path, path: str) -> Path:
         raise PathRefusedError(
             f"refused: path {path!r} is outside the folder {base} (it resolves to "
             f"{resolved}); give a path relative to {base} that stays inside it"
+        )
+    parts = {part.lower() for part in (*given.parts, *resolved.relative_to(base).parts)}
+    if GIT_DIR in parts:
+        raise PathRefusedError(
+            f"refused: path {path!r} is inside a {GIT_DIR} folder; git's own files are off "
+            "limits (writing them could make git run commands)"
         )
     return resolved

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import ToolCall, ToolMessage
@@ -43,7 +44,12 @@ class Workspace:
         grant = self.grants.git_diff
         if grant is None:
             raise ToolException("git_diff is not granted to this step")
-        args = ["git", "-C", grant.repo, "diff", "--no-color", "--no-ext-diff"]
+        # No hooks, fsmonitor, external diff or textconv commands: a repository's config
+        # must not make reading its diff run anything.
+        args = [
+            "git", "-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null",
+            "-C", grant.repo, "diff", "--no-color", "--no-ext-diff", "--no-textconv",
+        ]  # fmt: skip
         if staged:
             args.append("--cached")
         if stat:
@@ -85,7 +91,7 @@ class Workspace:
         staged = self.staged.get(str(target))
         if staged is not None:
             return staged.content
-        if not target.is_file():
+        if not _is(target, "file"):
             raise PathRefusedError(f"no file {path!r} in {grant.root} (looked for {target})")
         try:
             with target.open("rb") as handle:
@@ -105,9 +111,15 @@ class Workspace:
         if grant is None:
             raise ToolException("write_file is not granted to this step")
         target = inside(grant.folder, path)
-        if str(target) == grant.folder or target.is_dir():
+        if str(target) == grant.folder or _is(target, "dir"):
             raise PathRefusedError(f"refused: {path!r} names a folder; give a file path")
-        data = content.encode()
+        try:
+            data = content.encode()
+        except UnicodeEncodeError as exc:
+            raise ToolException(
+                f"refused: the content for {path!r} is not valid text ({exc.reason} at "
+                f"character {exc.start}); send it again as plain UTF-8 text"
+            ) from None
         if len(data) > grant.max_bytes:
             raise ToolException(
                 f"refused: {len(data)} bytes for {path!r} is over the {grant.max_bytes}-byte "
@@ -118,6 +130,14 @@ class Workspace:
             path=path, target=str(target), content=content, sha256=digest
         )
         return f"staged {path} ({len(data)} bytes); it is written to {target} when this step ends"
+
+
+def _is(path: Path, kind: str) -> bool:
+    """Return whether `path` is a file (or a folder); a path that cannot be looked at is not."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except OSError:
+        return False
 
 
 def _capped(data: bytes, limit: int) -> str:
@@ -198,7 +218,14 @@ async def run_tool_call(
         text = f"there is no tool {call['name']!r}; the tools you have: {known}"
         message = ToolMessage(text, tool_call_id=call.get("id") or "", status="error")
     else:
-        result: Any = await tool.ainvoke({**call, "type": "tool_call"})
+        try:
+            result: Any = await tool.ainvoke({**call, "type": "tool_call"})
+        except Exception as exc:  # a tool's own failure is the model's to hear, not a crash
+            result = ToolMessage(
+                f"{call['name']} failed: {type(exc).__name__}: {exc}",
+                tool_call_id=call.get("id") or "",
+                status="error",
+            )
         message = (
             result
             if isinstance(result, ToolMessage)

@@ -181,6 +181,8 @@ async def test_new_weights_change_the_next_selection() -> None:
         ({"roles": ["coding"]}, "models.coder.roles[0]", "unknown role 'coding'"),
         ({"name": "coder2"}, "models.coder.name", "cannot change"),
         ({"model": None}, "models.coder.model", "required"),
+        ({"roles": ["general", {"postcompletions": "x"}]}, "models.coder.roles",
+         "change post-completion steps with post_completions="),
     ],
 )  # fmt: skip
 def test_a_bad_change_is_refused_and_changes_nothing(

@@ -312,6 +312,49 @@ def test_inside_resolves_relative_paths_and_refuses_escapes(tmp_path: Path) -> N
             assert repr(bad) in str(caught.value) and str(tmp_path / "out") in str(caught.value)
 
 
+def test_git_s_own_files_are_refused_in_any_letter_case(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    for bad in (".git/config", ".GIT/hooks/pre-commit", "sub/.Git/config", "./.git"):
+        with pytest.raises(PathRefusedError) as caught:
+            inside(tmp_path, bad)
+        assert "git's own files are off limits" in str(caught.value)
+
+
+async def test_a_write_into_the_repository_s_git_folder_is_refused(workdir: Path) -> None:
+    text = CONFIG.format(extra="").replace("write_files: reports", "write_files: repo")
+    (workdir / "modelyard.yaml").write_text(text)
+    config = load_config(workdir / "modelyard.yaml")
+    hook = '[core]\n\tfsmonitor = "touch pwned; false"\n'
+    first = ScriptedChatModel(
+        replies=[tool_calls(("write_file", {"path": ".git/config", "content": hook})), "done"]
+    )
+    before = (workdir / "repo" / ".git" / "config").read_text()
+
+    state = await run(config, context(config, first=first))
+
+    (record,) = state["post_completions"][0].tool_calls
+    assert not record.ok and "off limits" in record.detail
+    assert (workdir / "repo" / ".git" / "config").read_text() == before
+
+
+async def test_a_tool_that_fails_unexpectedly_is_the_model_s_error_not_a_crash(
+    workdir: Path,
+) -> None:
+    config = load_config(workdir / "modelyard.yaml")
+    bad_text = "half an emoji: \ud83d"  # valid JSON, not encodable text
+    first = ScriptedChatModel(
+        replies=[tool_calls(("write_file", {"path": "x.md", "content": bad_text})), "done"]
+    )
+    main = ScriptedChatModel(replies=["THE RESULT"])
+
+    state = await run(config, context(config, main=main, first=first))
+
+    assert state["status"] is TaskStatus.COMPLETED and state["result"] == "THE RESULT"
+    (record,) = state["post_completions"][0].tool_calls
+    assert not record.ok and "not valid text" in record.detail
+    assert not (workdir / "reports" / "x.md").exists()
+
+
 async def test_the_ledger_skips_a_write_already_made_and_finishes_one_left_pending(
     tmp_path: Path,
 ) -> None:

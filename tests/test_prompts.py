@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +167,40 @@ def test_a_folder_of_your_own_is_a_style(tmp_path: Path) -> None:
     template = step_template(config.models[0], "answer")
     assert template.render(prompt="hi") == "MINE: hi"
     assert step_template(config.models[0], "plan").source == "prompts/plan.md"
+
+
+def test_a_style_folder_of_your_own_is_checked_at_load(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "answer.md").write_text("Q: {question}\n", encoding="utf-8")
+    message = config_error(tmp_path, "    prompts: mine\n")
+    assert str(tmp_path / "mine" / "answer.md") in message and "uses {question}" in message
+
+
+def test_a_value_hidden_in_a_format_spec_is_refused(tmp_path: Path) -> None:
+    message = config_error(tmp_path, "    prompts:\n      answer: 'Q {prompt:{width}}'\n")
+    assert "uses {width}" in message
+
+
+def test_one_line_of_text_ending_in_md_is_a_template_not_a_file(tmp_path: Path) -> None:
+    text = (
+        "models:\n  - name: coder\n    model: ollama:deepseek-coder\n"
+        "    prompts:\n      answer: '{prompt} Write the findings to notes.md'\n"
+    )
+    config = load_config(write_config(tmp_path, text))
+    assert step_template(config.models[0], "answer").render(prompt="P") == (
+        "P Write the findings to notes.md"
+    )
+
+
+def test_a_template_file_edited_while_running_fails_the_task_clearly(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    answer = tmp_path / "mine" / "answer.md"
+    answer.write_text("A: {prompt}\n", encoding="utf-8")
+    text = "models:\n  - name: coder\n    model: ollama:deepseek-coder\n    prompts: mine\n"
+    config = load_config(write_config(tmp_path, text))
+    assert step_template(config.models[0], "answer").render(prompt="x") == "A: x"
+    answer.write_text("B: {question}\n", encoding="utf-8")
+    os.utime(answer, ns=(1, 1))  # a different mtime however fast the write was
+    with pytest.raises(ConfigError) as caught:
+        step_template(config.models[0], "answer").render(prompt="x")
+    assert str(answer) in str(caught.value) and "may use {prompt}" in str(caught.value)
