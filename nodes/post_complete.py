@@ -17,19 +17,16 @@ from langgraph.errors import NodeError
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from modelyard.configs import ModelRegistry
 from modelyard.configs.templates import render_messages
 from modelyard.nodes.context import Context
 from modelyard.nodes.post_prompt import prefetched, stage_file_blocks, tool_list
 from modelyard.nodes.stats import StatsBook
 from modelyard.nodes.tool_loop import converse
 from modelyard.nodes.tools import Workspace
-from modelyard.nodes.work import ensure_on_server, tagged, wait_out_rate_limit
+from modelyard.nodes.work import ensure_on_server, note_failure, tagged, wait_out_rate_limit
 from modelyard.routers.post_completion import next_post_step, post_steps
 from modelyard.state import (
-    CooldownReason,
     ModelCallError,
-    ModelErrorKind,
     ModelyardError,
     PostCompletionResult,
     TaskEvent,
@@ -90,7 +87,7 @@ async def post_complete(state: TaskState, runtime: Runtime[Context]) -> dict[str
             book=book,
         )
     except ModelCallError as error:
-        await _note_failure(book, registry, error)
+        await note_failure(book, registry, error)
         raise
     records += talk.tool_calls
     if not tool_calling:
@@ -115,17 +112,6 @@ async def post_complete(state: TaskState, runtime: Runtime[Context]) -> dict[str
         data={"index": index, "task": step.task, "attempts": attempt, "prompt": prompt},
     )
     return {"post_completions": [result], "calls": talk.calls, "history": [event]}
-
-
-async def _note_failure(book: StatsBook, registry: ModelRegistry, error: ModelCallError) -> None:
-    """Fold a failed call into the model's stats; give up retrying a model put to rest."""
-    if error.kind is ModelErrorKind.NOT_FOUND:
-        registry.server_models.forget(error.model)
-    stats = await book.record_failure(error)
-    too_long = (error.retry_after or 0.0) > registry.config.retry.max_retry_after
-    resting = stats.cooldown_reason is CooldownReason.FAILURES
-    if (resting and stats.cooldown_left(book.clock()) > 0) or too_long:
-        error.give_up = True
 
 
 async def record_post_failure(

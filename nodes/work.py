@@ -122,13 +122,7 @@ def work_node(
             )
             update = _finish(finish, state, reply)
         except ModelCallError as error:
-            if error.kind is ModelErrorKind.NOT_FOUND:
-                registry.server_models.forget(model.name)  # ask its server again next time
-            stats = await book.record_failure(error)
-            too_long = (error.retry_after or 0.0) > registry.config.retry.max_retry_after
-            resting = stats.cooldown_reason is CooldownReason.FAILURES
-            if (resting and stats.cooldown_left(book.clock()) > 0) or too_long:
-                error.give_up = True  # the model is resting: fall back, do not retry it
+            await note_failure(book, registry, error)
             raise
         await book.record_success(call)
         retried = f" after {attempt} attempts" if attempt > 1 else ""
@@ -200,6 +194,22 @@ def _selected_model(step: Step) -> ModelFor:
         return state["selections"][step.value].model
 
     return selected
+
+
+async def note_failure(book: StatsBook, registry: ModelRegistry, error: ModelCallError) -> None:
+    """Fold a failed call into the model's stats before it is raised.
+
+    A `not_found` model's server is asked again next time. A model the failure put to
+    rest, or whose server asked for a longer wait than `retry.max_retry_after`, is given
+    up on (`error.give_up`): its step falls back instead of retrying it.
+    """
+    if error.kind is ModelErrorKind.NOT_FOUND:
+        registry.server_models.forget(error.model)
+    stats = await book.record_failure(error)
+    too_long = (error.retry_after or 0.0) > registry.config.retry.max_retry_after
+    resting = stats.cooldown_reason is CooldownReason.FAILURES
+    if (resting and stats.cooldown_left(book.clock()) > 0) or too_long:
+        error.give_up = True
 
 
 async def wait_out_rate_limit(
