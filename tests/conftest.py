@@ -39,3 +39,11 @@ def fresh_process_store(monkeypatch: pytest.MonkeyPatch) -> InMemoryStore:
     store = InMemoryStore()
     monkeypatch.setattr(stats_module, "PROCESS_STORE", store)
     return store
+
+
+@pytest.fixture
+def stats_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Give each test's `modelyard` commands a stats database of their own (MODELYARD_DB)."""
+    path = tmp_path / "stats.db"
+    monkeypatch.setenv("MODELYARD_DB", str(path))
+    return path

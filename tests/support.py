@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from modelyard.configs import ModelRegistry, load_config
@@ -90,3 +93,28 @@ def scripted_context(
         "coder": coder or ScriptedChatModel(name_for_echo="coder"),
     }
     return Context(registry=ModelRegistry(config, clients=clients))
+
+
+#: The installed `modelyard` command of this test run's virtualenv.
+MODELYARD = str(Path(sys.executable).parent / "modelyard")
+
+
+def run_modelyard(
+    *args: str, ollama: str | None = None, db: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed `modelyard` command; never with the caller's config or Ollama.
+
+    Args:
+        args: The command line after `modelyard`.
+        ollama: The URL it takes as OLLAMA_HOST (the packaged default config's server).
+        db: Its MODELYARD_DB; default: the environment's (see the `stats_database` fixture).
+        timeout: Seconds before the command is stopped and the test fails.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MODELYARD_CONFIG", "OLLAMA_HOST")}
+    if ollama is not None:
+        env["OLLAMA_HOST"] = ollama
+    if db is not None:
+        env["MODELYARD_DB"] = str(db)
+    return subprocess.run(
+        [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
+    )

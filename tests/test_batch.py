@@ -7,13 +7,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
+from support import CODING_MODEL, MODELYARD, REASONING_MODEL, config_text, write_config
 
 from modelyard.configs.persistence import open_checkpointer
 from modelyard.configs.schema import PersistenceSettings
@@ -21,7 +20,6 @@ from modelyard.testing.server import Fault, LocalModelServer
 
 pytestmark = pytest.mark.cli
 
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 #: Tasks in the crash test; `MODELYARD_CRASH_TASKS=1000` runs the issue's full-size check.
 CRASH_TASKS = int(os.environ.get("MODELYARD_CRASH_TASKS", "120"))
 

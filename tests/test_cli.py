@@ -3,41 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
+from support import run_modelyard as modelyard
 
 from modelyard.testing.server import Fault, LocalModelServer
 
-pytestmark = pytest.mark.cli
+pytestmark = [pytest.mark.cli, pytest.mark.usefixtures("stats_database")]
 
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 EMAIL_PROMPT = "Write a Python function that validates email addresses"
 HASH_PROMPT = "Explain how a hash table works"
-
-
-@pytest.fixture(autouse=True)
-def stats_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's `modelyard` commands share a stats database of their own."""
-    path = tmp_path / "stats.db"
-    monkeypatch.setenv("MODELYARD_DB", str(path))
-    return path
-
-
-def modelyard(
-    *args: str, ollama: str | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MODELYARD_CONFIG", "OLLAMA_HOST")}
-    if ollama is not None:
-        env["OLLAMA_HOST"] = ollama
-    return subprocess.run(
-        [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
 
 
 def free_url() -> str:

@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
+from support import run_modelyard as modelyard
 
 from modelyard.testing.server import Fault, LocalModelServer
 
-pytestmark = pytest.mark.cli
+pytestmark = [pytest.mark.cli, pytest.mark.usefixtures("stats_database")]
 
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 HASH_PROMPT = "Explain how a hash table works"
-
-
-@pytest.fixture(autouse=True)
-def stats_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's `modelyard` commands share a stats database of their own."""
-    path = tmp_path / "stats.db"
-    monkeypatch.setenv("MODELYARD_DB", str(path))
-    return path
-
-
-def modelyard(*args: str, ollama: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MODELYARD_CONFIG"}
-    env["OLLAMA_HOST"] = ollama
-    return subprocess.run(
-        [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
 
 
 def test_compare_json_has_each_models_answer_and_they_ran_at_once(

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 from langgraph.store.memory import InMemoryStore
-from support import CODING_MODEL, REASONING_MODEL, config_text, scripted_context, write_config
+from support import (
+    CODING_MODEL,
+    REASONING_MODEL,
+    config_text,
+    run_modelyard,
+    scripted_context,
+    write_config,
+)
 
 from modelyard.configs import (
     ModelRegistry,
@@ -30,7 +34,6 @@ from modelyard.state import ConfigError, ModelNotOnServerError, Task, TaskStatus
 from modelyard.testing.server import Fault, LocalModelServer, RecordedRequest
 
 CODE_PROMPT = "Write a Python function that validates email addresses"
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 
 
 async def run_graph(
@@ -398,21 +401,12 @@ def test_malformed_assignments_are_all_reported() -> None:
     )
 
 
-@pytest.fixture
-def cli_env(tmp_path: Path, server: LocalModelServer) -> dict[str, str]:
-    """The environment of a `modelyard` command using the local server as its Ollama."""
-    env = {k: v for k, v in os.environ.items() if k != "MODELYARD_CONFIG"}
-    return env | {"OLLAMA_HOST": server.url, "MODELYARD_DB": str(tmp_path / "stats.db")}
-
-
 @pytest.mark.cli
-def test_run_with_set_sends_the_changed_options(
-    server: LocalModelServer, cli_env: dict[str, str]
-) -> None:
-    result = subprocess.run(
-        [MODELYARD, "run", "--json", "-m", "coder", "--set", "coder.temperature=0.05",
-         "--set", "coder.options.num_ctx=2048", CODE_PROMPT],
-        capture_output=True, text=True, env=cli_env, timeout=60, check=False,
+def test_run_with_set_sends_the_changed_options(server: LocalModelServer, tmp_path: Path) -> None:
+    result = run_modelyard(
+        "run", "--json", "-m", "coder", "--set", "coder.temperature=0.05",
+        "--set", "coder.options.num_ctx=2048", CODE_PROMPT,
+        ollama=server.url, db=tmp_path / "stats.db",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     (request,) = server.requests_for(CODING_MODEL)
@@ -420,12 +414,10 @@ def test_run_with_set_sends_the_changed_options(
 
 
 @pytest.mark.cli
-def test_a_bad_set_exits_2_saying_what_is_wrong(
-    server: LocalModelServer, cli_env: dict[str, str]
-) -> None:
-    result = subprocess.run(
-        [MODELYARD, "run", "--set", "coder.temprature=0.1", "--set", "codr.timeout=1", "hi"],
-        capture_output=True, text=True, env=cli_env, timeout=60, check=False,
+def test_a_bad_set_exits_2_saying_what_is_wrong(server: LocalModelServer, tmp_path: Path) -> None:
+    result = run_modelyard(
+        "run", "--set", "coder.temprature=0.1", "--set", "codr.timeout=1", "hi",
+        ollama=server.url, db=tmp_path / "stats.db",
     )  # fmt: skip
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import pickle
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from langgraph.store.memory import InMemoryStore
 from support import CODING_MODEL, REASONING_MODEL, config_text, write_config
+from support import run_modelyard as modelyard
 
 from modelyard.configs import (
     ModelRegistry,
@@ -34,7 +32,6 @@ from modelyard.testing.server import LocalModelServer
 pytestmark = pytest.mark.protocol
 
 CODE_PROMPT = "Write a Python function that validates email addresses"
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 
 
 @pytest.fixture
@@ -377,14 +374,6 @@ def test_auto_pull_on_an_openai_compatible_model_is_a_config_error(tmp_path: Pat
 # --- the CLI ------------------------------------------------------------------------------
 
 
-def modelyard(*args: str, ollama: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MODELYARD_CONFIG"}
-    env |= {"OLLAMA_HOST": ollama, "MODELYARD_DB": str(tmp_path / "stats.db")}
-    return subprocess.run(
-        [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-
-
 @pytest.mark.cli
 @pytest.mark.parametrize("json_output", [False, True], ids=["stream", "json"])
 def test_modelyard_run_shows_the_pull_on_stderr(
@@ -394,7 +383,7 @@ def test_modelyard_run_shows_the_pull_on_stderr(
     flags = ["--json"] if json_output else []
 
     result = modelyard("run", *flags, "-m", "coder", CODE_PROMPT, ollama=lacking_coder.url,
-                       tmp_path=tmp_path)  # fmt: skip
+                       db=tmp_path / "stats.db")  # fmt: skip
 
     assert result.returncode == 0, result.stderr
     heading = f"pulling coder ({CODING_MODEL}) into {lacking_coder.url}"
@@ -412,7 +401,7 @@ def test_modelyard_run_exits_1_when_the_pull_fails(
 ) -> None:
     lacking_coder.pullable = False
     result = modelyard("run", "-m", "coder", CODE_PROMPT, ollama=lacking_coder.url,
-                       tmp_path=tmp_path)  # fmt: skip
+                       db=tmp_path / "stats.db")  # fmt: skip
     assert result.returncode == 1
     assert f"has no model '{CODING_MODEL}'; it has: {REASONING_MODEL}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from langgraph.store.memory import InMemoryStore
+from support import run_modelyard as modelyard
 
 from modelyard.configs import load_config
 from modelyard.graphs import build_route_graph
@@ -21,7 +20,6 @@ from modelyard.testing.server import Fault, LocalModelServer, ToolCallReply
 
 pytestmark = pytest.mark.protocol
 
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 WRITE = {"name": "write_file", "arguments": {"path": "review.md", "content": "# Review\nfine\n"}}
 
 
@@ -167,13 +165,6 @@ async def test_a_step_whose_model_is_not_on_its_server_is_recorded_and_the_task_
     assert tooly.ok and plain.error is not None and plain.error["kind"] == "not_found"
     assert "ollama pull plain" in plain.error["message"]
     assert server.requests_for("plain") == []
-
-
-def modelyard(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MODELYARD_CONFIG"}
-    return subprocess.run(
-        [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
 
 
 @pytest.mark.cli

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from support import CODING_MODEL, REASONING_MODEL
+from support import run_modelyard as modelyard
 
 from modelyard.testing.server import LocalModelServer
 
-pytestmark = pytest.mark.cli
+pytestmark = [pytest.mark.cli, pytest.mark.usefixtures("stats_database")]
 
-MODELYARD = str(Path(sys.executable).parent / "modelyard")
 PROMPT = "Write a Python function that validates email addresses"
 FIRST = "def validate(address):\n    return '@' in address"
 FIXED = "def validate(address: str) -> bool:\n    return address.count('@') == 1"
@@ -26,22 +22,6 @@ CHANGES = {
     "comments": ["require exactly one @", "add type hints", "reject empty parts"],
 }
 APPROVE = {"verdict": "approve", "comments": []}
-
-
-@pytest.fixture(autouse=True)
-def stats_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test's `modelyard` commands share a stats database of their own."""
-    path = tmp_path / "stats.db"
-    monkeypatch.setenv("MODELYARD_DB", str(path))
-    return path
-
-
-def modelyard(*args: str, ollama: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MODELYARD_CONFIG"}
-    env["OLLAMA_HOST"] = ollama
-    return subprocess.run(
-        [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
 
 
 def coder_script(reviews: list[dict[str, Any]]) -> Callable[[str, list[dict[str, Any]]], str]:
