@@ -12,7 +12,9 @@ export PROMPT
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# torch's CPU build first: any other torch pulls several GB of CUDA packages.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev,semantic]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -49,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/adaptation.py
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/classify.py
 
 clean:
 	rm -rf $(VENV) .mypy-src .pytest_cache .mypy_cache .ruff_cache *.egg-info

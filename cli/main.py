@@ -318,6 +318,91 @@ def batch(
     raise typer.Exit(code)
 
 
+MethodOption = Annotated[
+    str | None,
+    typer.Option(
+        "--method",
+        help="keyword, embedding, llm or hybrid; default: the config's classifier.method.",
+    ),
+]
+EmbeddingsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--embeddings",
+        "-e",
+        help="Embeddings model, e.g. minilm, ollama:nomic-embed-text; default: the config's "
+        "classifier.embeddings, else minilm when installed.",
+    ),
+]
+
+
+@app.command("eval-classifier")
+def eval_classifier(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"text": ..., "label": ...} per line.')],
+    method: MethodOption = None,
+    embeddings: EmbeddingsOption = None,
+    config_file: ConfigOption = None,
+    assignments: SetOption = None,
+    mistakes: Annotated[
+        bool, typer.Option("--mistakes", help="Also list the misclassified prompts.")
+    ] = False,
+) -> None:
+    """Measure the task classifier on a labeled file: accuracy, precision and recall per
+    label, the confusion matrix, latency per prompt. The last line is `accuracy: 0.XXX`."""
+    from modelyard.cli.classify import render_evaluation, run_evaluation, with_embeddings
+    from modelyard.nodes.classifiers import read_labeled
+
+    config, _ = _load(config_file, assignments)
+    chosen = _method(method, config)
+    config = with_embeddings(config, chosen, embeddings)
+    rows = read_labeled(file)
+    evaluation = run_evaluation(config, ModelRegistry(config), chosen, rows)
+    if mistakes:
+        for row, decision in evaluation.mistakes():
+            text = " ".join(row.text.split())[:100]
+            print(
+                f"{row.label.value} -> {decision.task_type.value} "
+                f"({decision.method} {decision.confidence:.2f}): {text}"
+            )
+        print()
+    print("\n".join(render_evaluation(evaluation)))
+
+
+@app.command("fit-classifier")
+def fit_classifier(
+    file: Annotated[Path, typer.Argument(help='JSONL: {"text": ..., "label": ...} per line.')],
+    embeddings: EmbeddingsOption = None,
+    config_file: ConfigOption = None,
+    assignments: SetOption = None,
+) -> None:
+    """Tune the hybrid cascade's thresholds on a labeled file; print them for the config."""
+    from modelyard.cli.classify import run_fit, with_embeddings
+    from modelyard.nodes.classifiers import read_labeled
+
+    config, _ = _load(config_file, assignments)
+    config = with_embeddings(config, "hybrid", embeddings)
+    fit = run_fit(config, ModelRegistry(config), read_labeled(file))
+    print(
+        f"keyword then embedding, without the LLM: accuracy {fit.accuracy_before:.3f} at "
+        f"keyword {fit.before.keyword:.2f}, {fit.accuracy_after:.3f} at keyword "
+        f"{fit.after.keyword:.2f}"
+    )
+    print("# put these in your config:")
+    print("classifier:")
+    print("  thresholds:")
+    print(f"    keyword: {fit.after.keyword:.2f}")
+    print(f"    embedding: {fit.after.embedding:.2f}")
+
+
+def _method(method: str | None, config: ModelyardConfig) -> Any:
+    choices = ("keyword", "embedding", "llm", "hybrid")
+    if method is None:
+        return config.classifier.method
+    if method not in choices:
+        raise UsageError(f"unknown method {method!r}; expected one of: {', '.join(choices)}")
+    return method
+
+
 @app.command()
 def demo() -> None:
     """Run both graphs against a local stand-in server with scripted models (offline)."""

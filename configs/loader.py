@@ -238,6 +238,14 @@ def _validate(source: str, origins: list[_Origin]) -> ModelyardConfig:
         for position, field, message in client_problems(config):
             origin, index = model_origin[position]
             problems.append(origin.document.problem(("models", index, *field), message))
+        judge = config.classifier.model
+        if judge is not None and judge not in config.model_names:
+            document = next(
+                (o.document for o in origins if "classifier" in (o.document.data or {})),
+                origins[0].document,
+            )
+            message = f"{_unknown('model', judge, config.model_names)} (the configured models)"
+            problems.append(document.problem(("classifier", "model"), message))
     if problems:
         raise ConfigError(sorted(problems, key=_reading_order))
     assert config is not None

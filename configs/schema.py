@@ -541,6 +541,98 @@ class RunnerSettings(_Strict):
     while the next step runs (a crash can repeat the last step); `exit` only at the end."""
 
 
+ClassifierMethod = Literal["keyword", "embedding", "llm", "hybrid"]
+EMBEDDING_PROVIDERS = frozenset({"ollama", "openai", "sentence-transformers", *OPENAI_COMPATIBLE})
+
+
+class EmbeddingSettings(_Strict):
+    """Which LangChain embeddings model the embedding classifier uses, and where."""
+
+    model: str
+    """`provider:name`: `ollama:nomic-embed-text`, `openai:text-embedding-3-small`,
+    `lmstudio:...` (any OpenAI-compatible server), `sentence-transformers:NAME_OR_PATH`, or
+    `minilm` for all-MiniLM-L6-v2 from the `semantic` extra, offline."""
+    base_url: str | None = None
+    """The server; default: the provider's `base_url` in `providers`, then the server of
+    the first configured model of that provider, then the provider's usual URL."""
+    api_key: SecretStr | None = None
+    """For OpenAI and compatible servers; default: the provider's key."""
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    """Texts per embedding request when classifying or embedding the exemplars."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"model": data} if isinstance(data, str) else data
+
+    @field_validator("model")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value == "minilm":
+            return value
+        provider, sep, name = value.partition(":")
+        if not sep or not name:
+            raise PydanticCustomError(
+                "embedding_model",
+                "embedding model '{value}' needs a provider: write provider:name, e.g. "
+                "ollama:nomic-embed-text, openai:text-embedding-3-small, "
+                "sentence-transformers:all-MiniLM-L6-v2, or minilm",
+                {"value": value},
+            )
+        if provider not in EMBEDDING_PROVIDERS:
+            raise PydanticCustomError(
+                "embedding_provider",
+                "unknown embeddings provider '{provider}'; expected one of: {choices}",
+                {"provider": provider, "choices": ", ".join(sorted(EMBEDDING_PROVIDERS))},
+            )
+        return value
+
+    @property
+    def provider(self) -> str:
+        """The provider part of `model` (`sentence-transformers` for `minilm`)."""
+        return "sentence-transformers" if self.model == "minilm" else self.model.partition(":")[0]
+
+
+class ClassifierThresholds(_Strict):
+    """When the hybrid cascade stops at a method: its confidence at or above the threshold."""
+
+    keyword: float = Field(default=0.9, ge=0.0, le=1.0)
+    """The keyword classifier decides when its confidence reaches this (1.0: never)."""
+    embedding: float = Field(default=0.5, ge=0.0, le=1.0)
+    """The embedding classifier decides when its confidence reaches this; below it the
+    LLM is asked (when the cascade has one)."""
+
+
+class ClassifierSettings(_Strict):
+    """How a task's type is decided when the caller does not give it."""
+
+    method: ClassifierMethod = "keyword"
+    """`keyword` (patterns, no model), `embedding` (nearest task type by meaning), `llm`
+    (a configured model judges), or `hybrid`: keyword when sure, else embedding, else LLM."""
+    embeddings: EmbeddingSettings | None = None
+    """The embeddings model, for `embedding` and `hybrid`."""
+    model: str | None = None
+    """The configured model that judges for `llm` and `hybrid`; default: the model most
+    capable of planning (the reasoning model)."""
+    llm: bool = True
+    """Whether `hybrid` asks the LLM when the embedding classifier is unsure."""
+    thresholds: ClassifierThresholds = Field(default_factory=ClassifierThresholds)
+    exemplars: str | None = None
+    """A JSONL file (or a folder of them) of `{"text": ..., "label": ...}` exemplars,
+    relative to the config's folder; default: the packaged exemplars."""
+    cache_dir: str = ".modelyard/embeddings"
+    """Where the exemplars' embeddings are cached, one file per embeddings model."""
+
+    @model_validator(mode="after")
+    def _needs_embeddings(self) -> ClassifierSettings:
+        if self.method in ("embedding", "hybrid") and self.embeddings is None:
+            raise ValueError(
+                f"classifier method {self.method!r} needs an embeddings model: set "
+                "classifier.embeddings, e.g. ollama:nomic-embed-text or minilm"
+            )
+        return self
+
+
 class ModelyardConfig(_Strict):
     """A whole config: the models and the settings beside them."""
 
@@ -551,6 +643,7 @@ class ModelyardConfig(_Strict):
     cooldown: CooldownSettings = Field(default_factory=CooldownSettings)
     persistence: PersistenceSettings = Field(default_factory=PersistenceSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    classifier: ClassifierSettings = Field(default_factory=ClassifierSettings)
     source: str = Field(default="<python>", exclude=True)
     """Where the config was read from, for error messages."""
 
@@ -566,6 +659,12 @@ class ModelyardConfig(_Strict):
                     f"and models[{index}]); names must be unique"
                 )
             seen[model.name] = index
+        judge = self.classifier.model
+        if judge is not None and judge not in seen:
+            raise ValueError(
+                f"classifier.model {judge!r} is not a configured model; expected one of: "
+                f"{', '.join(seen)}"
+            )
         return self
 
     @field_validator("providers")

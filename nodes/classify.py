@@ -1,17 +1,21 @@
-"""The classify node: check the task and decide its type (the caller's, or by keywords)."""
+"""The classify node: check the task and decide its type (the caller's, or the classifier's)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
 from modelyard.configs import GenerationOptions
+from modelyard.nodes.classifiers import KeywordClassifier, classifier_step
 from modelyard.nodes.context import Context
-from modelyard.routers import classify_by_keywords
 from modelyard.state import (
     Classification,
+    ClassifierStep,
+    ConfigError,
     InvalidTaskError,
     Requirements,
     TaskContext,
@@ -22,9 +26,12 @@ from modelyard.state import (
 )
 from modelyard.state.task import new_task_id, utcnow
 
+log = logging.getLogger(__name__)
+
 
 async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Check the task, then set its type: the caller's if given, else the keyword classifier's.
+    """Check the task, then set its type: the caller's if given, else the configured
+    classifier's (`classifier.method`: keyword, embedding, llm or hybrid).
 
     Raises:
         InvalidTaskError: an empty prompt, an unknown task type or malformed requirements.
@@ -45,7 +52,7 @@ async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str
             task_type=task_type, confidence=1.0, method="caller", scores={task_type: 1.0}
         )
     else:
-        classification = classify_by_keywords(prompt)
+        classification = await _classify(prompt, runtime.context)
     try:
         requirements = Requirements.model_validate(state.get("requirements") or {})
         context = TaskContext.model_validate(state.get("context") or {})
@@ -61,8 +68,13 @@ async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str
     event = TaskEvent(
         kind="classified",
         detail=f"{classification.task_type.value} by {classification.method} "
-        f"(confidence {classification.confidence:.2f})",
-        data={"method": classification.method, "confidence": classification.confidence},
+        f"(confidence {classification.confidence:.2f})" + _cascade(classification),
+        data={
+            "method": classification.method,
+            "confidence": classification.confidence,
+            "alternatives": [a.model_dump(mode="json") for a in classification.alternatives],
+            "steps": [s.model_dump(mode="json") for s in classification.steps],
+        },
     )
     return {
         "task_id": state.get("task_id") or new_task_id(),
@@ -74,3 +86,31 @@ async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str
         "started_at": utcnow(),
         "history": [event],
     }
+
+
+async def _classify(prompt: str, context: Context) -> Classification:
+    """Return the configured classifier's decision; keywords when it cannot be built."""
+    try:
+        classifier = context.classifier()
+    except (ConfigError, OSError, ValueError) as exc:  # a bad or unreadable exemplar file, ...
+        log.warning("classifying by keywords: the configured classifier failed (%s)", exc)
+        started = time.perf_counter()
+        decision = KeywordClassifier().classify(prompt)
+        failed = ClassifierStep(
+            method=context.models().config.classifier.method, outcome="failed", note=str(exc)
+        )
+        decided = classifier_step(decision, "decided", started)
+        return decision.model_copy(update={"steps": [failed, decided]})
+    return await classifier.aclassify(prompt)
+
+
+def _cascade(classification: Classification) -> str:
+    """Return `; after keyword 0.41 (unsure)` for every method tried that did not decide."""
+    others = [
+        f"{s.method} {s.confidence:.2f} ({s.outcome})"
+        if s.confidence is not None
+        else f"{s.method} ({s.outcome}: {s.note[:200]})"
+        for s in classification.steps
+        if s.outcome != "decided"
+    ]
+    return f"; also tried {', '.join(others)}" if others else ""

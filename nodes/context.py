@@ -7,7 +7,7 @@ import os
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from langgraph.runtime import get_runtime
 
@@ -18,6 +18,9 @@ from modelyard.configs import (
     load_config,
     resolve_config_path,
 )
+
+if TYPE_CHECKING:
+    from modelyard.nodes.classifiers import TaskClassifier
 
 #: Registries shared by every context that names the same config file (see `models`).
 _SHARED: weakref.WeakSet[ModelRegistry] = weakref.WeakSet()
@@ -53,6 +56,18 @@ class Context:
                 path = resolve_config_path(self.config_file)
                 self.registry = _registry_for_file(str(path), _mtime(path))
         return self.registry
+
+    def classifier(self) -> TaskClassifier:
+        """Return the task classifier the config chooses (`classifier.method`).
+
+        Raises:
+            ConfigError: the classifier's embeddings model cannot be built (say, its
+                packages are not installed) or its exemplar file is malformed.
+        """
+        from modelyard.nodes.classifiers import build_classifier
+
+        registry = self.models()
+        return build_classifier(registry.config, registry)
 
     def update_model_config(self, name: str, /, **changes: Any) -> ModelConfig:
         """Change model `name`'s config for this context's runs, from their next model call.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -142,6 +143,13 @@ _CODE_BLOCK = re.compile(r"```|^( {4}|\t)\S|[;{}]\s*$", re.MULTILINE)
 
 def keyword_scores(prompt: str) -> dict[TaskType, float]:
     """Return each task type's keyword score for a prompt (later matches weigh more)."""
+    return dict(zip(TaskType, _scores(prompt), strict=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _scores(prompt: str) -> tuple[float, ...]:
+    # Cached: the hybrid classifier scores a prompt twice (its keyword step, then as
+    # features of the embedding classifier).
     scores = dict.fromkeys(TaskType, 0.0)
     prompt = prompt.lower()
     length = max(len(prompt), 1)
@@ -158,7 +166,12 @@ def keyword_scores(prompt: str) -> dict[TaskType, float]:
     has_code = bool(_CODE_BLOCK.search(prompt))
     if has_code and scores[T.CODE_REVIEW] == 0 and scores[T.CODE_GENERATION] == 0:
         scores[T.PROBLEM_SOLVING] += 0.5
-    return scores
+    return tuple(scores[t] for t in TaskType)
+
+
+def forget_keyword_scores() -> None:
+    """Empty the cache of recent prompts' scores (benchmarks time a prompt's first scoring)."""
+    _scores.cache_clear()
 
 
 def classify_by_keywords(prompt: str) -> Classification:

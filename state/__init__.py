@@ -29,13 +29,23 @@ from modelyard.state.post_completion import (
 from modelyard.state.review import DEFAULT_MAX_ROUNDS, ReviewRound, Verdict
 from modelyard.state.stats import CooldownReason, Health, ModelStats
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
-from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
+from modelyard.state.types import (
+    Alternative,
+    Classification,
+    ClassifierStep,
+    Priority,
+    Step,
+    TaskStatus,
+    TaskType,
+)
 
 __all__ = [
     "DEFAULT_MAX_ROUNDS",
+    "Alternative",
     "AttemptsExhaustedError",
     "CandidateScore",
     "Classification",
+    "ClassifierStep",
     "ConfigError",
     "ConfigProblem",
     "CooldownReason",

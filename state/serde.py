@@ -9,10 +9,19 @@ from modelyard.state.graph_state import CandidateScore, FailedAttempt, ModelCall
 from modelyard.state.post_completion import PostCompletionResult, StagedWrite, ToolCallRecord
 from modelyard.state.review import ReviewRound, Verdict
 from modelyard.state.task import Requirements, Task, TaskContext, TaskEvent
-from modelyard.state.types import Classification, Priority, Step, TaskStatus, TaskType
+from modelyard.state.types import (
+    Alternative,
+    Classification,
+    ClassifierStep,
+    Priority,
+    Step,
+    TaskStatus,
+    TaskType,
+)
 
 CHECKPOINT_TYPES: tuple[type, ...] = (
-    Branch, BranchResult, CandidateScore, Classification, FailedAttempt, ModelCall, Priority,
+    Alternative, Branch, BranchResult, CandidateScore, Classification, ClassifierStep,
+    FailedAttempt, ModelCall, Priority,
     Requirements, Selection, Step, Task, TaskContext, TaskEvent, TaskStatus, TaskType,
     ReviewRound, Verdict, PostCompletionResult, StagedWrite, ToolCallRecord,
 )  # fmt: skip

@@ -1,19 +1,24 @@
-"""Local HTTP server speaking the Ollama and OpenAI-compatible chat protocols.
+"""Local HTTP server speaking the Ollama and OpenAI-compatible chat and embedding protocols.
 
-Replies are scripted and faults can be injected, so real clients can be tested without a model.
+Replies are scripted, embeddings are hashed bags of words and faults can be injected, so real
+clients can be tested without a model.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import math
 import random
 import re
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -53,11 +58,22 @@ ReplyFn = Callable[[str, list[dict[str, Any]]], Reply]
 tool results have role `tool`): text, or a `ToolCallReply`."""
 
 Protocol = Literal["ollama", "openai", "other"]
+RequestKind = Literal["chat", "embeddings"]
+"""Which endpoints ``LocalModelServer.requests_for`` counts: chat or embedding ones."""
 
 DEFAULT_MODELS = ("phi3:mini", "deepseek-coder:6.7b-instruct")
 _OLLAMA_CHAT = "/api/chat"
 _OPENAI_CHAT = "/v1/chat/completions"
 _CHAT_PATHS = frozenset({_OLLAMA_CHAT, _OPENAI_CHAT})
+_OLLAMA_EMBED = "/api/embed"
+_OLLAMA_EMBEDDINGS = "/api/embeddings"  # the legacy endpoint: one prompt, one vector
+_OPENAI_EMBEDDINGS = "/v1/embeddings"
+_EMBED_PATHS = frozenset({_OLLAMA_EMBED, _OLLAMA_EMBEDDINGS, _OPENAI_EMBEDDINGS})
+_KIND_PATHS: dict[RequestKind, frozenset[str]] = {"chat": _CHAT_PATHS, "embeddings": _EMBED_PATHS}
+_FAULT_PATHS = _CHAT_PATHS | _EMBED_PATHS  # the requests injected faults apply to
+DEFAULT_EMBEDDING_DIMENSIONS = 256
+_EMBED_WORD_RE = re.compile(r"\w+")
+_BIGRAM_WEIGHT = 0.5
 _MALFORMED = b"this is not json {"
 _WORDS_PER_CHUNK = 3
 _WORD_RE = re.compile(r"\S+\s*|\s+")
@@ -65,7 +81,10 @@ _WORD_RE = re.compile(r"\S+\s*|\s+")
 
 @dataclass(frozen=True)
 class Fault:
-    """A misbehaviour applied to a chat request instead of (or before) a normal answer.
+    """A misbehaviour applied to a chat or embedding request instead of (or before) an answer.
+
+    Embedding answers are never streamed: ``malformed`` gives them a body that is not JSON and
+    ``cut_stream`` sends half of the body, then drops the connection.
 
     Attributes:
         kind: What goes wrong: an error status, a delay, a hang, a malformed body or a cut stream.
@@ -137,6 +156,7 @@ class _ModelEntry:
     context_length: int
     replies: list[Reply] | ReplyFn | None = None
     served: int = 0
+    embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS
 
 
 @dataclass
@@ -170,8 +190,35 @@ def default_reply(model: str, messages: list[dict[str, Any]]) -> str:
     )
 
 
+def embed_text(text: str, dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS) -> list[float]:
+    """Embed ``text`` the way the local server does, deterministically in every process.
+
+    The vector is a signed hashed bag of words: each lower-cased word (``\\w+``) and, with half
+    the weight, each pair of adjacent words is hashed with BLAKE2b to one of ``dimensions``
+    slots and a sign; the sum is L2-normalised. Texts sharing words (and word order) are
+    similar, unrelated texts nearly orthogonal. A text without words gets a fixed unit vector.
+
+    Raises:
+        ValueError: If ``dimensions`` is less than 1.
+    """
+    if dimensions < 1:
+        raise ValueError(f"dimensions must be at least 1, not {dimensions}")
+    words = _EMBED_WORD_RE.findall(text.lower())
+    features = [(f"w:{word}", 1.0) for word in words]
+    features += [(f"b:{a} {b}", _BIGRAM_WEIGHT) for a, b in itertools.pairwise(words)]
+    vector = [0.0] * dimensions
+    for feature, weight in features or [("empty:", 1.0)]:
+        slot, sign = _feature_slot(feature, dimensions)
+        vector[slot] += sign * weight
+    return _normalized(vector)
+
+
 class LocalModelServer:
     """Serve the Ollama and OpenAI-compatible protocols with scripted replies and faults.
+
+    Chat requests get scripted replies; embedding requests (``/api/embed``, the legacy
+    ``/api/embeddings`` and ``/v1/embeddings``) get ``embed_text`` vectors of the model's
+    ``embedding_dimensions``.
 
     Args:
         models: Model names available from the start.
@@ -271,10 +318,22 @@ class LocalModelServer:
         *,
         replies: Sequence[Reply] | ReplyFn | None = None,
         context_length: int = 4096,
+        embedding_dimensions: int = DEFAULT_EMBEDDING_DIMENSIONS,
     ) -> None:
-        """Add (or replace) a model, optionally with scripted replies."""
+        """Add (or replace) a model, optionally with scripted replies.
+
+        Args:
+            name: The model's name.
+            replies: Scripted chat replies (see ``script``); None uses the reply function.
+            context_length: Context length reported by ``/api/show``.
+            embedding_dimensions: Length of the vectors its embedding requests get.
+        """
+        if embedding_dimensions < 1:
+            raise ValueError(f"embedding_dimensions must be at least 1, not {embedding_dimensions}")
+        script = _as_script(replies)
+        entry = _ModelEntry(context_length, script, embedding_dimensions=embedding_dimensions)
         with self._lock:
-            self._models[name] = _ModelEntry(context_length, _as_script(replies))
+            self._models[name] = entry
 
     def script(self, model: str, replies: Sequence[Reply] | ReplyFn) -> None:
         """Script a model's replies: a sequence is served in order, then its last item repeats."""
@@ -282,6 +341,25 @@ class LocalModelServer:
             entry = self._models.setdefault(model, _ModelEntry(4096))
             entry.replies = _as_script(replies)
             entry.served = 0
+
+    def embed(self, model: str, text: str, *, dimensions: int | None = None) -> list[float]:
+        """Return the vector the server answers for ``text`` from ``model``.
+
+        Args:
+            model: A known model (``x`` and ``x:latest`` are the same).
+            text: The text to embed.
+            dimensions: A shorter length asked for, as the ``dimensions`` request field does:
+                the model's vector is cut to it and normalised again.
+
+        Raises:
+            KeyError: If the model is unknown.
+            ValueError: If ``dimensions`` is not between 1 and the model's dimensions.
+        """
+        resolved = self._resolve(model)
+        if resolved is None:
+            raise KeyError(f"model {model!r} is not served")
+        native = self._embedding_dimensions(resolved)
+        return _embedding(text, native, _output_dimensions(dimensions, native))
 
     def remove_model(self, name: str) -> None:
         """Remove a model; do nothing if it is unknown."""
@@ -297,7 +375,7 @@ class LocalModelServer:
     def inject_fault(
         self, fault: Fault, *, model: str | None = None, times: int | None = 1
     ) -> None:
-        """Queue a fault for chat requests to ``model`` (any model if None).
+        """Queue a fault for chat and embedding requests to ``model`` (any model if None).
 
         Args:
             fault: The fault to apply.
@@ -316,7 +394,7 @@ class LocalModelServer:
         model: str | None = None,
         seed: int | None = None,
     ) -> None:
-        """Make a share of chat requests to ``model`` (any model if None) fail at random.
+        """Make a share of chat and embedding requests to ``model`` (any model if None) fail.
 
         Each matching request draws once: it gets fault ``i`` with probability ``p_i`` and a
         normal answer with the rest. Queued ``inject_fault`` faults are applied first; a mix
@@ -354,10 +432,11 @@ class LocalModelServer:
         with self._lock:
             return list(self._log)
 
-    def requests_for(self, model: str) -> list[RecordedRequest]:
-        """Return the logged chat requests for ``model``."""
+    def requests_for(self, model: str, *, kind: RequestKind = "chat") -> list[RecordedRequest]:
+        """Return the logged requests for ``model`` to the chat (or embedding) endpoints."""
+        paths = _KIND_PATHS[kind]
         with self._lock:
-            return [r for r in self._log if r.path in _CHAT_PATHS and r.model == model]
+            return [r for r in self._log if r.path in paths and r.model == model]
 
     def reset_log(self) -> None:
         """Forget all logged requests."""
@@ -378,6 +457,11 @@ class LocalModelServer:
         with self._lock:
             entry = self._models.get(name)
             return entry.context_length if entry else 4096
+
+    def _embedding_dimensions(self, name: str) -> int:
+        with self._lock:
+            entry = self._models.get(name)
+            return entry.embedding_dimensions if entry else DEFAULT_EMBEDDING_DIMENSIONS
 
     def _take_fault(self, requested: str, model: str) -> tuple[Fault | None, threading.Event]:
         """Consume the first queued fault matching the model, else draw from its random mix.
@@ -472,6 +556,26 @@ class _ToolCall(NamedTuple):
     arguments: dict[str, Any]
 
 
+class _Embeddings(NamedTuple):
+    model: str
+    vectors: list[list[float]]
+    prompt_tokens: int
+    cut: int | None  # for cut_stream: send half of the body, then drop the connection
+
+
+class _EmbedInput(NamedTuple):
+    text: str  # token ids are embedded as words of digits
+    tokens: int
+
+
+class _FieldError(ValueError):
+    """A request field answered with 400; ``param`` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class _Handler(BaseHTTPRequestHandler):
     """Answer one connection's requests for a ``LocalModelServer``."""
 
@@ -505,7 +609,7 @@ class _Handler(BaseHTTPRequestHandler):
         stream = _stream_flag(path, body)
         fault: Fault | None = None
         release: threading.Event | None = None
-        resolved = self.owner._resolve(model) if path in _CHAT_PATHS else None
+        resolved = self.owner._resolve(model) if path in _FAULT_PATHS else None
         if model and resolved:
             fault, release = self.owner._take_fault(model, resolved)
         self.owner._record(
@@ -601,7 +705,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(b"0\r\n\r\n")
 
-    def _chat_model(self, call: _Call, protocol: Protocol) -> str | None:
+    def _request_model(self, call: _Call, protocol: Protocol) -> str | None:
         """Return the resolved model, or answer the 400/404 error and return None."""
         if not call.model:
             self._send_error(protocol, 400, "model is required", param="model")
@@ -649,7 +753,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _prepare(self, call: _Call, protocol: Protocol) -> _Reply | None:
         """Validate the model, apply faults and compute the reply (None if already answered)."""
-        model = self._chat_model(call, protocol)
+        model = self._request_model(call, protocol)
         if model is None or self._apply_fault(call, protocol):
             return None
         messages = _normalize_messages(call.body.get("messages"))
@@ -662,9 +766,30 @@ class _Handler(BaseHTTPRequestHandler):
         text = answer.content if isinstance(answer, ToolCallReply) else str(answer)
         prompt_tokens = max(1, sum(_estimate_tokens(m["content"]) for m in messages))
         generated = _estimate_tokens(text + "".join(json.dumps(c.arguments) for c in calls))
-        fault = call.fault
-        cut = fault.after_chunks if fault and fault.kind == "cut_stream" else None
-        return _Reply(model, text, _split_reply(text), prompt_tokens, generated, cut, calls)
+        return _Reply(
+            model, text, _split_reply(text), prompt_tokens, generated, _cut(call.fault), calls
+        )
+
+    def _prepare_embeddings(
+        self, call: _Call, protocol: Protocol, field: Literal["input", "prompt"]
+    ) -> _Embeddings | None:
+        """Validate the model, apply faults, read ``field`` and embed it (None if answered)."""
+        model = self._request_model(call, protocol)
+        if model is None or self._apply_fault(call, protocol):
+            return None
+        native = self.owner._embedding_dimensions(model)
+        try:
+            if field == "prompt":
+                inputs = [_embed_input(call.body.get(field, ""), field, token_ids=False)]
+            else:
+                inputs = _embed_inputs(call.body.get(field), token_ids=protocol == "openai")
+            size = _output_dimensions(call.body.get("dimensions"), native)
+        except _FieldError as exc:
+            self._send_error(protocol, 400, str(exc), param=exc.param)
+            return None
+        vectors = [_embedding(item.text, native, size) for item in inputs]
+        tokens = sum(item.tokens for item in inputs)
+        return _Embeddings(model, vectors, tokens, _cut(call.fault))
 
     def _send_whole(self, payload: dict[str, Any], cut: int | None) -> None:
         """Send a non-streamed answer; with a cut, send half of it and drop the connection."""
@@ -715,6 +840,24 @@ class _Handler(BaseHTTPRequestHandler):
             content.append(_ndjson(line("", False, reply.tool_calls)))
         final = _ndjson({**line("", True), **stats})
         self._stream("application/x-ndjson", [], content, [final], reply.cut)
+
+    def _ollama_embed(self, call: _Call) -> None:
+        result = self._prepare_embeddings(call, "ollama", "input")
+        if result is None:
+            return
+        payload = {
+            "model": result.model,
+            "embeddings": result.vectors,
+            "total_duration": 1_000_000 + result.prompt_tokens * 100_000,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": result.prompt_tokens,
+        }
+        self._send_whole(payload, result.cut)
+
+    def _ollama_embeddings(self, call: _Call) -> None:
+        result = self._prepare_embeddings(call, "ollama", "prompt")
+        if result is not None:
+            self._send_whole({"embedding": result.vectors[0]}, result.cut)
 
     def _ollama_tags(self, call: _Call) -> None:
         created = self.owner.created.isoformat().replace("+00:00", "Z")
@@ -829,6 +972,27 @@ class _Handler(BaseHTTPRequestHandler):
                 content.append(chunk({"tool_calls": [piece]}))
         self._stream("text/event-stream", head, content, tail, reply.cut)
 
+    def _openai_embeddings(self, call: _Call) -> None:
+        result = self._prepare_embeddings(call, "openai", "input")
+        if result is None:
+            return
+        encoding = call.body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            message = f"encoding_format must be 'float' or 'base64', not {encoding!r}"
+            self._send_error("openai", 400, message, param="encoding_format")
+            return
+        data = [
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": _base64_floats(vector) if encoding == "base64" else vector,
+            }
+            for index, vector in enumerate(result.vectors)
+        ]
+        usage = {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens}
+        payload = {"object": "list", "data": data, "model": result.model, "usage": usage}
+        self._send_whole(payload, result.cut)
+
     def _openai_models(self, call: _Call) -> None:
         created = int(self.owner.created.timestamp())
         data = [
@@ -846,8 +1010,11 @@ _ROUTES: dict[str, _Route] = {
     "/api/show": ("POST", _Handler._ollama_show),
     "/api/pull": ("POST", _Handler._ollama_pull),
     _OLLAMA_CHAT: ("POST", _Handler._ollama_chat),
+    _OLLAMA_EMBED: ("POST", _Handler._ollama_embed),
+    _OLLAMA_EMBEDDINGS: ("POST", _Handler._ollama_embeddings),
     "/v1/models": ("GET", _Handler._openai_models),
     _OPENAI_CHAT: ("POST", _Handler._openai_chat),
+    _OPENAI_EMBEDDINGS: ("POST", _Handler._openai_embeddings),
 }
 _STATUSES = frozenset(s.value for s in HTTPStatus)
 
@@ -872,6 +1039,83 @@ def _tool_calls(reply: ToolCallReply) -> list[_ToolCall]:
             )
         calls.append(_ToolCall(f"call_{uuid.uuid4().hex[:24]}", name, dict(arguments)))
     return calls
+
+
+def _cut(fault: Fault | None) -> int | None:
+    """Return the content chunks sent before a ``cut_stream`` fault drops the connection."""
+    return fault.after_chunks if fault and fault.kind == "cut_stream" else None
+
+
+@functools.lru_cache(maxsize=65536)
+def _feature_slot(feature: str, dimensions: int) -> tuple[int, float]:
+    """Hash a feature to its slot and sign; stable across processes (unlike ``hash``)."""
+    value = int.from_bytes(hashlib.blake2b(feature.encode(), digest_size=8).digest(), "little")
+    return value % dimensions, (1.0 if value >> 63 else -1.0)
+
+
+def _normalized(vector: list[float]) -> list[float]:
+    """Scale to unit length; a zero vector stays as it is."""
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm else vector
+
+
+def _embedding(text: str, native: int, size: int) -> list[float]:
+    """Embed at the model's ``native`` dimensions, cut to the first ``size`` and renormalise."""
+    vector = embed_text(text, native)
+    return vector if size >= native else _normalized(vector[:size])
+
+
+def _output_dimensions(requested: Any, native: int) -> int:
+    """Return the vector length asked for by a ``dimensions`` field (None: the model's own)."""
+    if requested is None:
+        return native
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+        raise _FieldError("dimensions", f"dimensions must be a positive integer, not {requested!r}")
+    if requested > native:
+        message = f"dimensions {requested} is more than the model's {native} dimensions"
+        raise _FieldError("dimensions", message)
+    return requested
+
+
+def _is_token_ids(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+    )
+
+
+def _embed_input(item: Any, field: str, *, token_ids: bool) -> _EmbedInput:
+    """Read one text (or, with ``token_ids``, one non-empty list of token ids) to embed."""
+    if isinstance(item, str):
+        return _EmbedInput(item, _estimate_tokens(item))
+    if token_ids and _is_token_ids(item):
+        return _EmbedInput(" ".join(str(t) for t in item), len(item))
+    if field == "prompt":
+        shapes = "a string"
+    elif token_ids:
+        shapes = "a string, a list of strings, or token ids (a list of ints or of int lists)"
+    else:
+        shapes = "a string or a list of strings"
+    raise _FieldError(field, f"{field} must be {shapes}, not {type(item).__name__}")
+
+
+def _embed_inputs(raw: Any, *, token_ids: bool) -> list[_EmbedInput]:
+    """Read an ``input`` field: one text or token id list, or a non-empty list of them."""
+    if raw is None:
+        raise _FieldError("input", "input is required: a string or a list of strings")
+    if isinstance(raw, str) or (token_ids and _is_token_ids(raw)):
+        return [_embed_input(raw, "input", token_ids=token_ids)]
+    if not isinstance(raw, list):
+        return [_embed_input(raw, "input", token_ids=token_ids)]  # raises: the wrong type
+    if not raw:
+        raise _FieldError("input", "input is an empty list: give at least one text to embed")
+    return [_embed_input(item, "input", token_ids=token_ids) for item in raw]
+
+
+def _base64_floats(vector: list[float]) -> str:
+    """Encode as OpenAI does for ``encoding_format="base64"``: little-endian float32."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
 def _parse_body(raw: bytes) -> tuple[dict[str, Any] | None, bool]:
@@ -984,7 +1228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
     parser.add_argument(
-        "--delay", type=float, default=0.0, help="seconds every chat request waits before answering"
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds every chat and embedding request waits before answering",
     )
     parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
     args = parser.parse_args(argv)
