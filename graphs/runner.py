@@ -229,7 +229,7 @@ class TaskRunner:
         """Cancel a pending or running task; return False when it had already ended."""
         self._running_queue()  # raises when the runner is not running
         live = self._live.get(task_id)
-        if live is None:
+        if live is None or live.done.is_set():  # ended (its callbacks may still run)
             return False
         live.cancel_requested = True
         if live.run is not None:
@@ -373,7 +373,7 @@ class TaskRunner:
             "recursion_limit": recursion_limit(task, self.config),
         }
         try:
-            payload, done = await self._resume_point(compiled, config, task)
+            payload, done = await resume_point(compiled, config, task)
             resumed = task.started_at is not None
             detail = "resumed from its last checkpoint" if resumed else "started"
             started_at = task.started_at or utcnow()
@@ -397,24 +397,6 @@ class TaskRunner:
             error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
             finished = live.task.model_copy(update={"status": TaskStatus.FAILED, "error": error})
         await self._finish(live, finished, None)
-
-    async def _resume_point(
-        self,
-        compiled: CompiledStateGraph[Any, Any, Any, Any],
-        config: RunnableConfig,
-        task: Task,
-    ) -> tuple[Any, dict[str, Any] | None]:
-        """Return (input, None) to run the task, or (None, state) when its graph had ended."""
-        if task.started_at is None:
-            return task.to_input(), None
-        snapshot = await compiled.aget_state(config)
-        step = (snapshot.metadata or {}).get("step", -1)
-        if step < 0:
-            # No checkpoint, or only the input's: resuming that runs nothing; start again.
-            return task.to_input(), None
-        if snapshot.next:
-            return None, None  # continue from the last checkpoint
-        return None, dict(snapshot.values)  # ended before its status was saved
 
     async def _change(
         self,
@@ -443,12 +425,16 @@ class TaskRunner:
             status = TaskStatus.COMPLETED  # a graph of the user's that sets no status
         finished_at = task.finished_at or utcnow()
         await self._change(live, status, detail or status.value, base=task, finished_at=finished_at)
-        del self._live[task.id]
-        live.done.set()
-        self._update_idle()
-        for callback in (live.callback, self.on_finish):
-            if callback is not None:
-                await _call_back(callback, live.task)
+        live.done.set()  # whoever waits for this task (a callback may) sees it ended
+        try:
+            for callback in (live.callback, self.on_finish):
+                if callback is not None:
+                    await _call_back(callback, live.task)
+        finally:
+            # Only now is the task off the runner: join() and a draining shutdown wait
+            # for its callbacks too.
+            del self._live[task.id]
+            self._update_idle()
 
     def _notify(self, task: Task) -> None:
         if self.on_change is not None:
@@ -456,6 +442,31 @@ class TaskRunner:
                 self.on_change(task)
             except Exception:
                 log.exception("on_change raised for task %s", task.id)
+
+
+async def resume_point(
+    compiled: CompiledStateGraph[Any, Any, Any, Any],
+    config: RunnableConfig,
+    task: Task,
+) -> tuple[Any, dict[str, Any] | None]:
+    """Return (input, None) to run a task, or (None, state) when its graph had ended.
+
+    The input is the task's own when it never started, or when no step of it was
+    checkpointed; None (resume from the last checkpoint) otherwise.
+    """
+    if task.started_at is None:
+        return task.to_input(), None
+    snapshot = await compiled.aget_state(config)
+    step = (snapshot.metadata or {}).get("step", -1)
+    if step < 0:
+        # No checkpoint, or only the input's: resuming that runs nothing; start again.
+        return task.to_input(), None
+    # `next` leaves out the nodes whose writes were saved before the crash, but the graph
+    # has not ended while any task is left: resuming applies those writes and goes on.
+    # Only a checkpoint with no tasks at all is the graph's end.
+    if snapshot.next or snapshot.tasks:
+        return None, None  # continue from the last checkpoint
+    return None, dict(snapshot.values)  # ended before its status was saved
 
 
 def _finished(task: Task, state: dict[str, Any]) -> Task:

@@ -200,6 +200,8 @@ def test_a_runner_killed_mid_batch_resumes_and_asks_no_completed_step_twice(
     records = results(out)
     assert Counter(r["id"] for r in records) == Counter(ids)  # every task written once
     assert {r["status"] for r in records} == {"completed"}
+    unanswered = [r["id"] for r in records if not r["result"]]
+    assert unanswered == [], "completed without a result (taken for ended when resumed)"
     asked = steps_asked(server, ids)
     for task_id in ids:
         plan_calls, implement_calls = asked["plan"][task_id], asked["implement"][task_id]

@@ -13,8 +13,9 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
+from operator import add
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 import pytest
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
@@ -25,10 +26,11 @@ from pydantic import Field
 from support import CODING_MODEL, REASONING_MODEL, config_text, scripted_context, write_config
 
 from modelyard.configs import load_config
+from modelyard.configs.persistence import open_checkpointer
 from modelyard.configs.schema import PersistenceSettings
 from modelyard.graphs.lock import RunnerBusyError
 from modelyard.graphs.queue import QueuedTask, open_task_queue
-from modelyard.graphs.runner import RunnerClosedError, TaskRunner
+from modelyard.graphs.runner import RunnerClosedError, TaskRunner, resume_point
 from modelyard.state import (
     ModelCallError,
     ModelErrorKind,
@@ -260,6 +262,30 @@ async def test_sync_and_async_callbacks_are_each_called_once_with_the_finished_t
     assert sync_calls[0] == stored[one.id] and async_calls[0] == stored[two.id]
     assert sorted(t.id for t in finished) == sorted([one.id, two.id, three.id])
     assert all(t == stored[t.id] for t in finished)
+
+
+async def test_join_and_a_draining_shutdown_wait_for_slow_callbacks() -> None:
+    """A task is the runner's until its callbacks return: join() and leaving `async with`
+    (a draining shutdown) neither return early nor cancel a callback half-way."""
+    joined: list[str] = []
+    drained: list[str] = []
+
+    def slow(into: list[str]) -> Callable[[Task], Any]:
+        async def callback(task: Task) -> None:
+            await asyncio.sleep(0.05)
+            into.append(task.id)
+
+        return callback
+
+    async with make_runner(workers=2, on_finish=slow(joined)) as runner:
+        tasks = [await runner.submit(f"Explain topic {n}") for n in range(6)]
+        assert await runner.join(timeout=10)
+        assert sorted(joined) == sorted(t.id for t in tasks)
+        assert await runner.cancel(tasks[0].id) is False  # it had ended
+
+    async with make_runner(workers=2, on_finish=slow(drained)) as runner:
+        more = [await runner.submit(f"Explain idea {n}") for n in range(6)]
+    assert sorted(drained) == sorted(t.id for t in more)
 
 
 async def test_a_callback_that_raises_is_logged_and_the_worker_goes_on(
@@ -848,3 +874,55 @@ async def test_cancel_after_shutdown_does_not_claim_to_cancel_a_task_that_will_r
         assert done.status is CANCELLED, "cancel() said True, yet the next runner ran the task"
     else:
         assert done.status is COMPLETED
+
+
+class Steps(TypedDict, total=False):
+    prompt: str
+    ran: Annotated[list[str], add]
+
+
+async def test_a_task_killed_after_a_step_saved_its_writes_resumes_instead_of_ending(
+    tmp_path: Path,
+) -> None:
+    """The crash between a node's saved writes and the next checkpoint: LangGraph's `next`
+    is empty then (it leaves out nodes whose writes are saved), yet the graph has not
+    ended. Resuming must go on from there, not take the half-done state as the end."""
+    ran: list[str] = []
+
+    def step(name: str) -> Callable[[Steps], dict[str, Any]]:
+        def node(state: Steps) -> dict[str, Any]:
+            ran.append(name)
+            return {"ran": [name]}
+
+        return node
+
+    builder = StateGraph(Steps)
+    for name in ("plan", "select_coder", "implement"):
+        builder.add_node(name, step(name))
+    builder.add_edge(START, "plan")
+    builder.add_edge("plan", "select_coder")
+    builder.add_edge("select_coder", "implement")
+    builder.add_edge("implement", END)
+    task = Task(prompt="Write a parser").model_copy(update={"started_at": datetime.now(UTC)})
+    config: Any = {"configurable": {"thread_id": task.id}}
+
+    async with open_checkpointer(PersistenceSettings(url=str(tmp_path / "db.sqlite"))) as saver:
+        graph = builder.compile(checkpointer=saver, interrupt_before=["select_coder"])
+        await graph.ainvoke({"prompt": task.prompt}, config)
+        # What the Pregel loop does when select_coder finishes: save its writes (its
+        # output, and the edge's trigger of the next node) under its task id. The process
+        # dies before the checkpoint that applies them.
+        (pending,) = (await graph.aget_state(config)).tasks
+        saved = (await graph.aget_state(config)).config
+        writes = [("ran", ["select_coder"]), ("branch:to:implement", None)]
+        await saver.aput_writes(saved, writes, pending.id)
+        snapshot = await graph.aget_state(config)
+        assert snapshot.next == () and snapshot.tasks  # the trap
+
+        resumed = builder.compile(checkpointer=saver)
+        payload, done = await resume_point(resumed, config, task)
+        assert (payload, done) == (None, None)  # go on, not "ended"
+        final = await resumed.ainvoke(payload, config)
+
+    assert final["ran"] == ["plan", "select_coder", "implement"]
+    assert ran == ["plan", "implement"]  # select_coder's saved writes were not redone
