@@ -404,6 +404,31 @@ def _method(method: str | None, config: ModelyardConfig) -> Any:
 
 
 @app.command()
+def mcp(
+    config_file: ConfigOption = None,
+    http: Annotated[
+        bool,
+        typer.Option("--http", help="Serve streamable HTTP (at /mcp) instead of stdio."),
+    ] = False,
+    host: Annotated[str, typer.Option("--host", help="With --http: the address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="With --http: the port.")] = 8000,
+) -> None:
+    """Serve the graphs as MCP tools: run_task, plan_and_implement, review, list_models.
+
+    Over stdio by default (what Claude Code, Cursor and most MCP clients start); with
+    --http over streamable HTTP at http://HOST:PORT/mcp.
+    """
+    try:
+        from modelyard.cli.mcp_server import run_server
+    except ImportError as exc:
+        raise UsageError(
+            f"the MCP server needs the mcp package ({exc}); install it with "
+            "pip install 'modelyard[mcp]'"
+        ) from None
+    run_server(config_file, http=http, host=host, port=port)
+
+
+@app.command()
 def demo() -> None:
     """Run both graphs against a local stand-in server with scripted models (offline)."""
     from modelyard.cli.demo import run_demo

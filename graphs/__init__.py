@@ -3,7 +3,11 @@
 from modelyard.graphs.fan_out import build_fan_out_graph, compare_models, parallel_tasks
 from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
 from modelyard.graphs.post_completion import add_post_completions
-from modelyard.graphs.review import build_plan_and_review_graph, build_review_graph
+from modelyard.graphs.review import (
+    build_code_review_graph,
+    build_plan_and_review_graph,
+    build_review_graph,
+)
 from modelyard.graphs.route import build_route_graph
 from modelyard.graphs.run import arun_task, run_task
 from modelyard.graphs.run_fan_out import acompare, arun_fan_out, run_fan_out
@@ -34,6 +38,7 @@ __all__ = [
     "arun_fan_out",
     "arun_task",
     "astream_task",
+    "build_code_review_graph",
     "build_fan_out_graph",
     "build_plan_and_implement_graph",
     "build_plan_and_review_graph",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from langgraph.graph import END, START, StateGraph
 
 from modelyard.configs import ModelyardConfig
@@ -14,10 +16,16 @@ from modelyard.nodes import (
     select_model_for,
     work_node,
 )
-from modelyard.nodes.review import finish_review, implement_node, review_node, revise_node
+from modelyard.nodes.review import (
+    finish_code_review,
+    finish_review,
+    implement_node,
+    review_node,
+    revise_node,
+)
 from modelyard.routers import retry_policy
 from modelyard.routers.review import after_review
-from modelyard.state import Step, TaskInput, TaskState
+from modelyard.state import InvalidTaskError, Step, TaskInput, TaskState, TaskType
 
 
 def build_review_graph(
@@ -106,5 +114,52 @@ def build_plan_and_review_graph(
     return build_review_graph(config, plan=True, post_completions=post_completions)
 
 
+def build_code_review_graph(
+    config: ModelyardConfig | None = None,
+) -> StateGraph[TaskState, Context, TaskInput, TaskState]:
+    """Return the uncompiled graph that reviews code the caller gives (one round, no revise).
+
+    classify -> select_reviewer -> review -> finish. The input's `implementation` is the
+    code, its `prompt` what the code is for; the task type is `code_review` unless the
+    input says otherwise. The reviewer is the best model for `code_review` (or the
+    input's `model`, or `step_models["review"]`), retried and replaced like any step's.
+    The result is the reviewer's answer, the round in `rounds` its verdict and comments.
+
+    Args:
+        config: Where the retry settings come from; default: the packaged ones.
+    """
+    policy = retry_policy(config.retry if config else None)
+    builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
+    builder.add_node("start", _as_code_review, error_handler=record_failure)
+    builder.add_node("classify", classify_task, error_handler=record_failure)
+    builder.add_node("select_reviewer", select_model_for(Step.REVIEW), error_handler=record_failure)
+    builder.add_node(
+        "review",
+        review_node(),
+        retry_policy=policy,
+        error_handler=fall_back(Step.REVIEW, "select_reviewer"),
+    )
+    builder.add_node("finish", finish_code_review)
+    builder.add_edge(START, "start")
+    builder.add_edge("start", "classify")
+    builder.add_edge("classify", "select_reviewer")
+    builder.add_edge("select_reviewer", "review")
+    builder.add_edge("review", "finish")
+    builder.add_edge("finish", END)
+    return builder
+
+
+def _as_code_review(state: TaskState) -> dict[str, Any]:
+    """Check that the task carries code; make its type `code_review` unless it has one."""
+    code = state.get("implementation")
+    if not isinstance(code, str) or not code.strip():
+        raise InvalidTaskError(
+            "the code_review graph reviews the input's `implementation`, which is missing "
+            "or empty; give the code to review there"
+        )
+    return {} if state.get("task_type") else {"task_type": TaskType.CODE_REVIEW}
+
+
 graph = build_review_graph().compile(name="review")
 plan_review_graph = build_plan_and_review_graph().compile(name="plan_and_review")
+code_review_graph = build_code_review_graph().compile(name="code_review")

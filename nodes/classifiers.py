@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from langchain_core.embeddings import Embeddings
 from langchain_core.messages import AIMessage
+from langchain_core.runnables import RunnableConfig
 from pydantic import BaseModel, Field
 
 from modelyard.configs import ModelRegistry, ModelyardConfig
@@ -465,8 +466,13 @@ class LLMClassifier:
                     "json_schema": {"name": "task_type_answer", "schema": schema},
                 }
             )
+        traced: RunnableConfig = {
+            "run_name": f"classify:{self.model}",
+            "tags": ["modelyard:classify", f"model:{self.model}"],
+            "metadata": {"modelyard_step": "classify", "modelyard_model": self.model},
+        }
         try:
-            reply = await chat.ainvoke(messages)
+            reply = await chat.ainvoke(messages, traced)
         except Exception as exc:
             raise LLMClassifierError(f"model {self.model!r} failed: {exc}") from exc
         content = reply.content if isinstance(reply, AIMessage) else reply

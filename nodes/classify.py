@@ -33,13 +33,17 @@ async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str
     """Check the task, then set its type: the caller's if given, else the configured
     classifier's (`classifier.method`: keyword, embedding, llm or hybrid).
 
+    The run's context may give the task type (`Context.task_type`) and a model for every
+    step (`Context.model`) when the input gives none: the fields LangGraph Studio edits.
+
     Raises:
         InvalidTaskError: an empty prompt, an unknown task type or malformed requirements.
+        UnknownModelError: `Context.model` names no configured model.
     """
     prompt = state.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidTaskError("the prompt is empty; give the task's text")
-    given = state.get("task_type")
+    given = state.get("task_type") or runtime.context.task_type
     if given:
         try:
             task_type = TaskType(given)
@@ -76,7 +80,12 @@ async def classify_task(state: TaskState, runtime: Runtime[Context]) -> dict[str
             "steps": [s.model_dump(mode="json") for s in classification.steps],
         },
     )
+    pinned: dict[str, Any] = {}
+    if not state.get("model") and runtime.context.model:
+        runtime.context.models().get(runtime.context.model, where="context.model")
+        pinned["model"] = runtime.context.model
     return {
+        **pinned,
         "task_id": state.get("task_id") or new_task_id(),
         "task_type": classification.task_type,
         "classification": classification,

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langgraph.runtime import get_runtime
+from pydantic import ConfigDict
+from pydantic.json_schema import SkipJsonSchema
 
 from modelyard.configs import (
     ModelConfig,
@@ -18,6 +20,7 @@ from modelyard.configs import (
     load_config,
     resolve_config_path,
 )
+from modelyard.state import TaskType
 
 if TYPE_CHECKING:
     from modelyard.nodes.classifiers import TaskClassifier
@@ -28,7 +31,13 @@ _SHARED: weakref.WeakSet[ModelRegistry] = weakref.WeakSet()
 
 @dataclass(kw_only=True)
 class Context:
-    """What a graph run needs besides its state; pass it as `context=` when invoking."""
+    """What a graph run needs besides its state; pass it as `context=` when invoking.
+
+    LangGraph Studio (`langgraph dev`) shows `config_file`, `model` and `task_type` as
+    the run's editable context.
+    """
+
+    __pydantic_config__ = ConfigDict(arbitrary_types_allowed=True)
 
     config_file: str | None = field(
         default=None,
@@ -38,11 +47,26 @@ class Context:
             "the packaged default (two Ollama models)."
         },
     )
-    config: ModelyardConfig | None = field(
+    model: str | None = field(
+        default=None,
+        metadata={
+            "description": "A configured model's name to run every step of the task on, "
+            "when the task's input names none. Empty: modelyard chooses per step."
+        },
+    )
+    task_type: TaskType | None = field(
+        default=None,
+        metadata={
+            "description": "The task type, when the task's input gives none. Empty: the "
+            "configured classifier decides."
+        },
+    )
+    # In Python only: LangGraph Studio's form (the JSON schema) leaves these two out.
+    config: SkipJsonSchema[ModelyardConfig | None] = field(
         default=None,
         metadata={"description": "A config object; takes the place of config_file."},
     )
-    registry: ModelRegistry | None = field(
+    registry: SkipJsonSchema[ModelRegistry | None] = field(
         default=None,
         metadata={"description": "Model clients to reuse across runs; built when absent."},
     )

@@ -27,6 +27,9 @@ from modelyard.state.task import utcnow
 #: How much of an unreadable review its error quotes.
 QUOTED_CHARS = 200
 
+#: The author of code that came with the task, in its review rounds.
+CALLER = "caller"
+
 #: The plan the implement template shows when the graph has no plan step.
 NO_PLAN = "(none: choose the approach yourself)"
 
@@ -103,6 +106,30 @@ async def finish_review(state: TaskState) -> dict[str, Any]:
         "finished_at": utcnow(),
         "error": None,
         "history": events,
+    }
+
+
+async def finish_code_review(state: TaskState) -> dict[str, Any]:
+    """Complete a review of the caller's code (the `code_review` graph) with its verdict.
+
+    The result is the reviewer's answer; the task's last round holds the verdict and the
+    comments.
+    """
+    last = state["rounds"][-1]
+    event = TaskEvent(
+        kind="completed",
+        step=Step.REVIEW.value,
+        model=last.reviewer,
+        detail=f"{last.reviewer}: {last.verdict.value}, {_count(last.comments)}",
+        data={"verdict": last.verdict.value, "comments": last.comments},
+    )
+    return {
+        "result": last.review,
+        "assigned_model": last.reviewer,
+        "status": TaskStatus.COMPLETED,
+        "finished_at": utcnow(),
+        "error": None,
+        "history": [event],
     }
 
 
@@ -185,7 +212,11 @@ def _record_revision(state: TaskState, reply: StepReply) -> dict[str, Any]:
 def _author(state: TaskState) -> str:
     """Return the model that wrote the latest code: the last implement or revise call's."""
     calls = [c for c in state.get("calls") or [] if c.step in ("implement", "revise")]
-    return calls[-1].model if calls else coder_model(state)
+    if calls:
+        return calls[-1].model
+    if "implement" not in (state.get("selections") or {}):
+        return CALLER  # the code came with the task (the code_review graph)
+    return coder_model(state)
 
 
 def _count(comments: list[str]) -> str:

@@ -27,6 +27,7 @@ from modelyard.state import (
     TaskEvent,
     TaskState,
     TaskStatus,
+    TaskType,
 )
 from modelyard.state.task import utcnow
 
@@ -285,24 +286,42 @@ def tagged(
     attempt: int,
     **metadata: Any,
 ) -> RunnableConfig:
-    """Return the run config with the routing in its tags and metadata.
+    """Return the run config with the routing in its run name, tags and metadata.
 
-    Tracing shows the step and model; token streams (`stream_mode="messages"`) carry
-    `modelyard_step`, `modelyard_model` and `modelyard_attempt`, and any `metadata` given
-    (as `modelyard_<key>`).
+    Tracing (LangSmith, or any LangChain callback handler) shows each model call as
+    `STEP:MODEL`, tagged `modelyard:STEP`, `model:MODEL`, `task_type:TYPE` (and `fallback`
+    when an earlier model failed the step), with the metadata `modelyard_task_id`,
+    `modelyard_task_type`, `modelyard_step`, `modelyard_model`, `modelyard_attempt`,
+    `modelyard_selection_reason`, `modelyard_fallback_from` and `modelyard_fallback_reason`
+    (None on a first choice), and any `metadata` given (as `modelyard_<key>`). Token
+    streams (`stream_mode="messages"`) carry the same metadata.
     """
     task_type = state.get("task_type")
+    kind = str(task_type.value if isinstance(task_type, TaskType) else task_type or "")
+    selection = (state.get("selections") or {}).get(step)
+    failed = [f for f in state.get("failures") or [] if f.step == step]
+    last = failed[-1] if failed else None
+    tags = [f"modelyard:{step}", f"model:{model}"]
+    if kind:
+        tags.append(f"task_type:{kind}")
+    if last is not None:
+        tags.append("fallback")
     return {
         **config,
         "run_name": f"{step}:{model}",
-        "tags": [*config.get("tags", []), f"modelyard:{step}", f"model:{model}"],
+        "tags": [*config.get("tags", []), *tags],
         "metadata": {
             **config.get("metadata", {}),
             "modelyard_task_id": state.get("task_id"),
-            "modelyard_task_type": str(task_type) if task_type else None,
+            "modelyard_task_type": kind or None,
             "modelyard_step": step,
             "modelyard_model": model,
             "modelyard_attempt": attempt,
+            "modelyard_selection_reason": selection.reason if selection else None,
+            "modelyard_fallback_from": last.model if last else None,
+            "modelyard_fallback_reason": (
+                f"{last.model} failed: {last.kind}: {last.message}" if last else None
+            ),
             **{f"modelyard_{key}": value for key, value in metadata.items()},
         },
     }

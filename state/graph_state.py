@@ -110,6 +110,7 @@ class TaskInput(TypedDict):
     priority: NotRequired[int]
     max_attempts: NotRequired[int]
     max_rounds: NotRequired[int]
+    implementation: NotRequired[str]
     created_at: NotRequired[datetime]
 
 
