@@ -29,7 +29,7 @@ from modelyard.testing.server import LocalModelServer
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGGRAPH = shutil.which("langgraph", path=str(Path(sys.executable).parent))
-GRAPHS = ["route", "plan_and_implement", "review", "plan_and_review", "fan_out"]
+GRAPHS = ["route", "plan_and_implement", "review", "plan_and_review", "code_review", "fan_out"]
 APPROVE = json.dumps({"verdict": "approve", "comments": []})
 CODE = "```python\ndef parse(text: str) -> list[str]:\n    return text.split(',')\n```"
 
@@ -179,6 +179,25 @@ async def test_plan_and_implement_and_the_review_graphs_run(
         (round_,) = reviewed["rounds"]
         assert round_["verdict"] == "approve" and round_["reviewer"] == "coder", graph
         assert bool(reviewed.get("plan")) is (graph == "plan_and_review")
+
+
+async def test_code_review_reviews_the_code_the_input_carries(
+    client: LangGraphClient, studio: tuple[str, Path], models: LocalModelServer
+) -> None:
+    models.script(CODING_MODEL, coder)
+    task = {"prompt": "Split a CSV line", "implementation": CODE}
+    done = await run(client, "code_review", task, {"config_file": str(studio[1])})
+    assert done["status"] == "completed" and done["task_type"] == "code_review"
+    (round_,) = done["rounds"]
+    assert (round_["coder"], round_["reviewer"], round_["verdict"]) == (
+        "caller",
+        "coder",
+        "approve",
+    )
+    assert done["result"] == APPROVE
+
+    empty = await run(client, "code_review", {"prompt": "Split"}, {"config_file": str(studio[1])})
+    assert empty["status"] == "failed" and "implementation" in json.dumps(empty["error"])
 
 
 async def test_fan_out_asks_each_model_and_streams_its_steps(
