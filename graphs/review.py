@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import RetryPolicy
 
 from modelyard.configs import ModelyardConfig
 from modelyard.graphs.post_completion import add_post_completions
@@ -79,13 +80,7 @@ def build_review_graph(
         retry_policy=policy,
         error_handler=fall_back(Step.IMPLEMENT, "select_coder"),
     )
-    builder.add_node("select_reviewer", select_model_for(Step.REVIEW), error_handler=record_failure)
-    builder.add_node(
-        "review",
-        review_node(),
-        retry_policy=policy,
-        error_handler=fall_back(Step.REVIEW, "select_reviewer"),
-    )
+    add_review_step(builder, policy)
     builder.add_node("select_reviser", select_model_for(Step.REVISE), error_handler=record_failure)
     builder.add_node(
         "revise",
@@ -96,7 +91,6 @@ def build_review_graph(
     builder.add_node("finish", finish_review)
     builder.add_edge("select_coder", "implement")
     builder.add_edge("implement", "select_reviewer")
-    builder.add_edge("select_reviewer", "review")
     builder.add_conditional_edges("review", after_review)
     builder.add_edge("select_reviser", "revise")
     builder.add_edge("revise", "review")
@@ -132,6 +126,21 @@ def build_code_review_graph(
     builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
     builder.add_node("start", _as_code_review, error_handler=record_failure)
     builder.add_node("classify", classify_task, error_handler=record_failure)
+    add_review_step(builder, policy)
+    builder.add_node("finish", finish_code_review)
+    builder.add_edge(START, "start")
+    builder.add_edge("start", "classify")
+    builder.add_edge("classify", "select_reviewer")
+    builder.add_edge("review", "finish")
+    builder.add_edge("finish", END)
+    return builder
+
+
+def add_review_step(
+    builder: StateGraph[TaskState, Context, TaskInput, TaskState], policy: RetryPolicy
+) -> None:
+    """Add `select_reviewer -> review`: the best model for `code_review` reviews the code,
+    retried by `policy`, and replaced by the next best reviewer when it fails."""
     builder.add_node("select_reviewer", select_model_for(Step.REVIEW), error_handler=record_failure)
     builder.add_node(
         "review",
@@ -139,14 +148,7 @@ def build_code_review_graph(
         retry_policy=policy,
         error_handler=fall_back(Step.REVIEW, "select_reviewer"),
     )
-    builder.add_node("finish", finish_code_review)
-    builder.add_edge(START, "start")
-    builder.add_edge("start", "classify")
-    builder.add_edge("classify", "select_reviewer")
     builder.add_edge("select_reviewer", "review")
-    builder.add_edge("review", "finish")
-    builder.add_edge("finish", END)
-    return builder
 
 
 def _as_code_review(state: TaskState) -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -260,20 +258,6 @@ def test_compare_models_refuses_a_model_named_twice_and_an_unknown_task_type() -
         compare_models("hi", ["coder"], task_type="cooking")
     with pytest.raises(InvalidTaskError, match="no models to compare"):
         compare_models("hi", [])
-
-
-def test_langgraph_json_names_the_fan_out_graph_compiled_without_a_checkpointer() -> None:
-    spec = json.loads((ROOT / "langgraph.json").read_text(encoding="utf-8"))
-    assert spec["graphs"]["fan_out"] == "./graphs/fan_out.py:graph"
-    for name, target in spec["graphs"].items():
-        path, attribute = target.split(":")
-        loader = importlib.util.spec_from_file_location(f"studio_{name}", ROOT / path)
-        assert loader is not None and loader.loader is not None
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-        compiled = getattr(module, attribute)
-        assert compiled.checkpointer is None, name
-        assert compiled.name == name
 
 
 THREE_MODELS = """\

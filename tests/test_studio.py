@@ -110,6 +110,7 @@ def test_langgraph_json_names_every_graph_each_without_a_checkpointer() -> None:
         module, variable = target.split(":")
         graph = getattr(import_module(module), variable)
         assert graph.checkpointer is None, name
+        assert graph.name == name
         assert graph.get_context_jsonschema()["title"] == "Context", name
 
 
