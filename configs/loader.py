@@ -41,7 +41,7 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     With no path, `$MODELYARD_CONFIG` names the config if it is set, else the packaged
     `default.yaml` is used.
     """
-    chosen = os.fspath(path) if path is not None else os.environ.get(CONFIG_ENV_VAR)
+    chosen = os.fspath(path) if path else os.environ.get(CONFIG_ENV_VAR)  # "": not given
     if not chosen:
         return packaged_configs()["default"]
     candidate = Path(chosen).expanduser()

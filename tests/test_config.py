@@ -139,6 +139,7 @@ def test_default_config_reads_ollama_host(monkeypatch: pytest.MonkeyPatch) -> No
 def test_modelyard_config_env_var_names_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_CONFIG", "lmstudio")
     assert resolve_config_path().name == "lmstudio.yaml"
+    assert resolve_config_path("").name == "lmstudio.yaml"  # an empty Studio field: not given
     assert load_config().models[0].provider == "lmstudio"
 
 
