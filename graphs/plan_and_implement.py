@@ -6,14 +6,8 @@ from langgraph.graph import END, START, StateGraph
 
 from modelyard.configs import ModelyardConfig
 from modelyard.graphs.post_completion import add_post_completions
-from modelyard.nodes import (
-    Context,
-    classify_task,
-    fall_back,
-    record_failure,
-    select_model_for,
-    work_node,
-)
+from modelyard.graphs.steps import add_model_step
+from modelyard.nodes import Context, classify_task, record_failure, work_node
 from modelyard.routers import retry_policy
 from modelyard.state import Step, TaskInput, TaskState
 
@@ -37,25 +31,25 @@ def build_plan_and_implement_graph(
     policy = retry_policy(config.retry if config else None)
     builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
     builder.add_node("classify", classify_task, error_handler=record_failure)
-    builder.add_node("select_planner", select_model_for(Step.PLAN), error_handler=record_failure)
-    builder.add_node(
-        "plan",
+    add_model_step(
+        builder,
+        Step.PLAN,
         work_node(Step.PLAN, final=False),
-        retry_policy=policy,
-        error_handler=fall_back(Step.PLAN, "select_planner"),
+        name="plan",
+        select="select_planner",
+        policy=policy,
     )
-    builder.add_node("select_coder", select_model_for(Step.IMPLEMENT), error_handler=record_failure)
-    builder.add_node(
-        "implement",
+    add_model_step(
+        builder,
+        Step.IMPLEMENT,
         work_node(Step.IMPLEMENT, final=True),
-        retry_policy=policy,
-        error_handler=fall_back(Step.IMPLEMENT, "select_coder"),
+        name="implement",
+        select="select_coder",
+        policy=policy,
     )
     builder.add_edge(START, "classify")
     builder.add_edge("classify", "select_planner")
-    builder.add_edge("select_planner", "plan")
     builder.add_edge("plan", "select_coder")
-    builder.add_edge("select_coder", "implement")
     if post_completions:
         add_post_completions(builder, after="implement", config=config)
     else:

@@ -5,18 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
-from langgraph.types import RetryPolicy
 
 from modelyard.configs import ModelyardConfig
 from modelyard.graphs.post_completion import add_post_completions
-from modelyard.nodes import (
-    Context,
-    classify_task,
-    fall_back,
-    record_failure,
-    select_model_for,
-    work_node,
-)
+from modelyard.graphs.steps import add_model_step
+from modelyard.nodes import Context, classify_task, record_failure, work_node
 from modelyard.nodes.review import (
     finish_code_review,
     finish_review,
@@ -59,40 +52,28 @@ def build_review_graph(
     builder.add_node("classify", classify_task, error_handler=record_failure)
     builder.add_edge(START, "classify")
     if plan:
-        builder.add_node(
-            "select_planner", select_model_for(Step.PLAN), error_handler=record_failure
-        )
-        builder.add_node(
-            "plan",
+        add_model_step(
+            builder,
+            Step.PLAN,
             work_node(Step.PLAN),
-            retry_policy=policy,
-            error_handler=fall_back(Step.PLAN, "select_planner"),
+            name="plan",
+            select="select_planner",
+            policy=policy,
         )
         builder.add_edge("classify", "select_planner")
-        builder.add_edge("select_planner", "plan")
         builder.add_edge("plan", "select_coder")
     else:
         builder.add_edge("classify", "select_coder")
-    builder.add_node("select_coder", select_model_for(Step.IMPLEMENT), error_handler=record_failure)
-    builder.add_node(
-        "implement",
-        implement_node(),
-        retry_policy=policy,
-        error_handler=fall_back(Step.IMPLEMENT, "select_coder"),
-    )
-    add_review_step(builder, policy)
-    builder.add_node("select_reviser", select_model_for(Step.REVISE), error_handler=record_failure)
-    builder.add_node(
-        "revise",
-        revise_node(),
-        retry_policy=policy,
-        error_handler=fall_back(Step.REVISE, "select_reviser"),
-    )
+    steps = [
+        (Step.IMPLEMENT, implement_node(), "implement", "select_coder"),
+        (Step.REVIEW, review_node(), "review", "select_reviewer"),
+        (Step.REVISE, revise_node(), "revise", "select_reviser"),
+    ]
+    for step, node, name, select in steps:
+        add_model_step(builder, step, node, name=name, select=select, policy=policy)
     builder.add_node("finish", finish_review)
-    builder.add_edge("select_coder", "implement")
     builder.add_edge("implement", "select_reviewer")
     builder.add_conditional_edges("review", after_review)
-    builder.add_edge("select_reviser", "revise")
     builder.add_edge("revise", "review")
     if post_completions:
         add_post_completions(builder, after="finish", config=config)
@@ -126,7 +107,14 @@ def build_code_review_graph(
     builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
     builder.add_node("start", _as_code_review, error_handler=record_failure)
     builder.add_node("classify", classify_task, error_handler=record_failure)
-    add_review_step(builder, policy)
+    add_model_step(
+        builder,
+        Step.REVIEW,
+        review_node(),
+        name="review",
+        select="select_reviewer",
+        policy=policy,
+    )
     builder.add_node("finish", finish_code_review)
     builder.add_edge(START, "start")
     builder.add_edge("start", "classify")
@@ -134,21 +122,6 @@ def build_code_review_graph(
     builder.add_edge("review", "finish")
     builder.add_edge("finish", END)
     return builder
-
-
-def add_review_step(
-    builder: StateGraph[TaskState, Context, TaskInput, TaskState], policy: RetryPolicy
-) -> None:
-    """Add `select_reviewer -> review`: the best model for `code_review` reviews the code,
-    retried by `policy`, and replaced by the next best reviewer when it fails."""
-    builder.add_node("select_reviewer", select_model_for(Step.REVIEW), error_handler=record_failure)
-    builder.add_node(
-        "review",
-        review_node(),
-        retry_policy=policy,
-        error_handler=fall_back(Step.REVIEW, "select_reviewer"),
-    )
-    builder.add_edge("select_reviewer", "review")
 
 
 def _as_code_review(state: TaskState) -> dict[str, Any]:

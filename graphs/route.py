@@ -6,14 +6,8 @@ from langgraph.graph import END, START, StateGraph
 
 from modelyard.configs import ModelyardConfig
 from modelyard.graphs.post_completion import add_post_completions
-from modelyard.nodes import (
-    Context,
-    classify_task,
-    fall_back,
-    record_failure,
-    select_model_for,
-    work_node,
-)
+from modelyard.graphs.steps import add_model_step
+from modelyard.nodes import Context, classify_task, record_failure, work_node
 from modelyard.routers import retry_policy
 from modelyard.state import Step, TaskInput, TaskState
 
@@ -42,16 +36,16 @@ def build_route_graph(
     """
     builder = StateGraph(TaskState, context_schema=Context, input_schema=TaskInput)
     builder.add_node("classify", classify_task, error_handler=record_failure)
-    builder.add_node("select", select_model_for(Step.ANSWER), error_handler=record_failure)
-    builder.add_node(
-        "answer",
+    add_model_step(
+        builder,
+        Step.ANSWER,
         work_node(Step.ANSWER, final=True),
-        retry_policy=retry_policy(config.retry if config else None),
-        error_handler=fall_back(Step.ANSWER, "select"),
+        name="answer",
+        select="select",
+        policy=retry_policy(config.retry if config else None),
     )
     builder.add_edge(START, "classify")
     builder.add_edge("classify", "select")
-    builder.add_edge("select", "answer")
     if post_completions:
         add_post_completions(builder, after="answer", config=config)
     else:
