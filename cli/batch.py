@@ -24,7 +24,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from modelyard.configs import ModelRegistry, ModelyardConfig
+from modelyard.configs.persistence import redacted
 from modelyard.configs.schema import PersistenceSettings
+from modelyard.graphs.distributed import DistributedRunner
 from modelyard.graphs.queue import FINISHED
 from modelyard.graphs.run import BUILDERS
 from modelyard.graphs.runner import TaskRunner
@@ -166,10 +168,15 @@ def _written_ids(path: Path) -> Iterator[str]:
 
 def result_record(line: BatchLine, task: Task) -> dict[str, Any]:
     """Return the output line of a finished task."""
+    record = task_record(task)
+    return {"id": record.pop("id"), "line": line.number, **record}
+
+
+def task_record(task: Task) -> dict[str, Any]:
+    """Return a finished task as JSON: status, models, result or error, times."""
     models = sorted({e.model for e in task.history if e.kind == "model_call" and e.model})
     return {
         "id": task.id,
-        "line": line.number,
         "status": task.status.value,
         "task_type": task.task_type.value if task.task_type else None,
         "model": task.assigned_model,
@@ -224,11 +231,13 @@ async def run_batch(
     persistence: PersistenceSettings,
     out: ResultsFile,
     console: Console,
+    distributed: bool = False,
 ) -> dict[TaskStatus, int]:
     """Run the file's tasks (and resume the database's unfinished ones); return the counts.
 
     Tasks the database already finished are written to `out` if an earlier run did not,
-    and not run again.
+    and not run again. With `distributed`, the tasks go on the PostgreSQL queue that
+    `modelyard worker` processes take them from, and this waits for them there.
     """
     by_id = {line.task.id: line for line in lines}
     view = BatchProgress(console, lines)
@@ -237,13 +246,22 @@ async def run_batch(
         if task.id in by_id:
             out.write(by_id[task.id], task)
 
-    runner = TaskRunner(
-        context=Context(registry=registry),
-        workers=workers,
-        persistence=persistence,
-        on_finish=finished,
-        on_change=view.set,
-    )
+    runner: TaskRunner | DistributedRunner
+    if distributed:
+        runner = DistributedRunner(
+            context=Context(registry=registry),
+            persistence=persistence,
+            on_finish=finished,
+            on_change=view.set,
+        )
+    else:
+        runner = TaskRunner(
+            context=Context(registry=registry),
+            workers=workers,
+            persistence=persistence,
+            on_finish=finished,
+            on_change=view.set,
+        )
     with view.progress:
         async with runner:
             assert runner.queue is not None
@@ -258,6 +276,11 @@ async def run_batch(
                 new = [ln.task for ln in lines if ln.graph == graph and ln.task.id not in known]
                 await runner.submit_many(new, graph=graph)
             await runner.join()
+            # Tasks an earlier run left to the workers end without this runner watching.
+            for task_id, entry in (await runner.queue.get(by_id)).items():
+                view.set(entry.task)
+                if entry.task.status in FINISHED:
+                    out.write(by_id[task_id], entry.task)
     return view.counts()
 
 
@@ -271,14 +294,16 @@ def batch_main(
     db: str | None,
     graph: str,
     console: Console,
+    distributed: bool = False,
 ) -> int:
     """Run the batch command; return its exit code (0 all completed, 1 some failed, 130 stopped)."""
     lines = read_batch(path, registry, graph)
     persistence = PersistenceSettings(url=db) if db else config.persistence
     results = ResultsFile(out).open()
+    where = "workers on" if distributed else "database"
     console.print(
         f"[dim]{len(lines)} task(s) from {path}; results to {out or 'standard output'}; "
-        f"database {persistence.url}[/dim]"
+        f"{where} {redacted(persistence.url)}[/dim]"
     )
 
     async def go() -> dict[TaskStatus, int]:
@@ -295,6 +320,7 @@ def batch_main(
             persistence=persistence,
             out=results,
             console=console,
+            distributed=distributed,
         )
 
     try:

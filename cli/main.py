@@ -25,7 +25,7 @@ from modelyard.cli.progress import PullProgressView
 from modelyard.cli.stream_view import StreamView
 from modelyard.configs import ModelRegistry, ModelyardConfig, apply_assignments, load_config
 from modelyard.configs.availability import check_models
-from modelyard.configs.persistence import open_store
+from modelyard.configs.persistence import open_store, redacted
 from modelyard.graphs import build_plan_and_implement_graph, build_review_graph, build_route_graph
 from modelyard.graphs.run import recursion_limit
 from modelyard.graphs.stream import Finished, stream_events
@@ -293,6 +293,14 @@ def batch(
         str,
         typer.Option("--graph", "-g", help="Graph for lines without one."),
     ] = "route",
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Put the tasks on the PostgreSQL queue for `modelyard worker` processes "
+            "(persistence.url or --db a postgresql:// URL) and wait for their results.",
+        ),
+    ] = False,
 ) -> None:
     """Run a file of tasks through the runner; run it again to pick up where it stopped.
 
@@ -301,6 +309,11 @@ def batch(
     """
     from modelyard.cli.batch import BatchFileError, batch_main
 
+    if distributed and workers is not None:
+        raise UsageError(
+            "--workers sets the in-process runner's workers; with --distributed, give each "
+            "`modelyard worker` its --concurrency instead"
+        )
     config, registry = _load(config_file, assignments)
     try:
         code = batch_main(
@@ -312,10 +325,118 @@ def batch(
             db=db,
             graph=graph,
             console=err,
+            distributed=distributed,
         )
     except BatchFileError as exc:
         raise UsageError(str(exc)) from exc
     raise typer.Exit(code)
+
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--db", help="The PostgreSQL URL of the queue; default: the config's persistence.url."
+    ),
+]
+
+
+@app.command()
+def worker(
+    config_file: ConfigOption = None,
+    assignments: SetOption = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            "--concurrency",
+            "-n",
+            min=1,
+            help="Tasks this worker runs at once; default: runner.workers.",
+        ),
+    ] = None,
+    db: DbOption = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="The worker's name; default: HOST-PID.")
+    ] = None,
+) -> None:
+    """Take tasks off the PostgreSQL queue and run them, until Ctrl-C or SIGTERM.
+
+    Start one on each machine (any number per machine), all with the same persistence.url.
+    A stop lets running tasks finish; a worker that dies has its tasks resumed by the others.
+    """
+    import logging
+
+    from modelyard.graphs.distributed import DistributedWorker
+
+    _, registry = _load(config_file, assignments)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("modelyard").setLevel(logging.INFO)
+    runner = DistributedWorker(
+        context=Context(registry=registry),
+        concurrency=concurrency,
+        persistence=db,
+        name=name,
+        signal_handlers=True,
+    )
+    err.print(
+        f"[dim]worker {runner.name}: {runner.concurrency} task(s) at once, "
+        f"queue at {redacted(runner.persistence.url)}[/dim]"
+    )
+    asyncio.run(runner.run())
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The task, in your words.")],
+    config_file: ConfigOption = None,
+    db: DbOption = None,
+    priority: Annotated[
+        int, typer.Option("--priority", "-p", help="Higher runs first (0 low .. 3 urgent).")
+    ] = 1,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Use this configured model for every step.")
+    ] = None,
+    task_type: Annotated[
+        TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
+    ] = None,
+    graph: Annotated[str, typer.Option("--graph", "-g", help="The graph to run.")] = "route",
+    task_id: Annotated[
+        str | None, typer.Option("--id", help="The task's id; default: a new one.")
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for a worker to finish it; print it as JSON.")
+    ] = False,
+) -> None:
+    """Put one task on the PostgreSQL queue for `modelyard worker` processes; print its id."""
+    from modelyard.cli.batch import task_record
+    from modelyard.graphs.distributed import DistributedRunner
+
+    _, registry = _load(config_file)
+    if model is not None:
+        registry.get(model, where="(--model)")
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; give the task's text")
+    fields: dict[str, Any] = {"priority": priority, "model": model, "task_type": task_type}
+    if task_id:
+        fields["id"] = task_id
+
+    async def go() -> Task:
+        async with DistributedRunner(
+            context=Context(registry=registry), persistence=db, graph=graph
+        ) as runner:
+            task = await runner.submit(prompt, **fields)
+            print(task.id, flush=True)
+            if not wait:
+                await runner.shutdown(drain=False)
+                return task
+            return await runner.wait(task.id)
+
+    try:
+        task = asyncio.run(go())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if wait:
+        print(json.dumps(task_record(task), ensure_ascii=False))
+        raise typer.Exit(0 if task.status is TaskStatus.COMPLETED else 1)
 
 
 MethodOption = Annotated[

@@ -236,7 +236,7 @@ async def postgres_pool(url: str, *, given: Any = None, size: int = 8) -> AsyncI
     except (psycopg.OperationalError, PoolTimeout) as exc:
         await pool.close()
         raise PersistenceError(
-            f"cannot reach the database at {_redacted(url)}: {str(exc).strip()}. "
+            f"cannot reach the database at {redacted(url)}: {str(exc).strip()}. "
             "Is PostgreSQL running, and does the database exist?"
         ) from exc
     try:
@@ -291,7 +291,7 @@ async def _postgres_store(url: str) -> AsyncIterator[BaseStore]:
                 await store.setup()
         except psycopg.OperationalError as exc:
             raise PersistenceError(
-                f"cannot reach the stats database at {_redacted(url)}: {str(exc).strip()}. "
+                f"cannot reach the stats database at {redacted(url)}: {str(exc).strip()}. "
                 "Is PostgreSQL running, and does the database exist?"
             ) from exc
         _update_locks[store] = lock.hold
@@ -320,7 +320,7 @@ class _AdvisoryLock:
                 await self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.KEY,))
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """Return the URL with any password replaced by ***."""
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")

@@ -539,6 +539,22 @@ class RunnerSettings(_Strict):
     """When a task's checkpoints are written (LangGraph's `durability`): `sync` before each
     next step starts, so a step that completed is never run again after a crash; `async`
     while the next step runs (a crash can repeat the last step); `exit` only at the end."""
+    heartbeat_seconds: float = Field(default=5.0, gt=0, le=3600)
+    """Distributed workers (`modelyard worker`): how often each says it is alive."""
+    stalled_after_seconds: float = Field(default=30.0, gt=0, le=86400)
+    """Distributed workers: a worker silent this long is taken for dead, and its tasks are
+    resumed by the others from their last checkpoints. Keep it several heartbeats long: a
+    live worker taken for dead would have its tasks run twice at once."""
+
+    @model_validator(mode="after")
+    def _stalled_after_heartbeats(self) -> RunnerSettings:
+        if self.stalled_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"stalled_after_seconds ({self.stalled_after_seconds:g}) must be at least twice "
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}), or live workers would be "
+                "taken for dead"
+            )
+        return self
 
 
 ClassifierMethod = Literal["keyword", "embedding", "llm", "hybrid"]

@@ -115,8 +115,10 @@ class MemoryTaskQueue(TaskQueue):
 
 
 _COLUMNS = "id, graph, priority, created_at, seq, status, task"
+#: The table of the in-process runner's queue; the distributed one keeps its own.
+TASKS_TABLE = "modelyard_tasks"
 _CREATE = [
-    """CREATE TABLE IF NOT EXISTS modelyard_tasks (
+    """CREATE TABLE IF NOT EXISTS {table} (
         id TEXT PRIMARY KEY,
         graph TEXT NOT NULL,
         priority INTEGER NOT NULL,
@@ -125,7 +127,7 @@ _CREATE = [
         status TEXT NOT NULL,
         task TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS modelyard_tasks_status ON modelyard_tasks (status)",
+    "CREATE INDEX IF NOT EXISTS {table}_status ON {table} (status)",
 ]
 _ORDER = "ORDER BY priority DESC, created_at, seq"
 
@@ -135,7 +137,8 @@ class SqlTaskQueue(TaskQueue):
 
     placeholder = "?"
 
-    def __init__(self) -> None:
+    def __init__(self, table: str = TASKS_TABLE) -> None:
+        self.table = table
         self._seq = itertools.count(1)
         self._unsaved: dict[str, Task] = {}
         self._flush: asyncio.Future[None] | None = None
@@ -149,13 +152,13 @@ class SqlTaskQueue(TaskQueue):
         """Run a query and return its rows."""
 
     def _sql(self, sql: str) -> str:
-        return sql.replace("?", self.placeholder)
+        return sql.replace("?", self.placeholder).replace("{table}", self.table)
 
     async def setup(self) -> None:
         """Create the table when missing, and continue the submission order."""
         for statement in _CREATE:
-            await self._execute(statement, [()])
-        rows = await self._fetch("SELECT COALESCE(MAX(seq), 0) FROM modelyard_tasks")
+            await self._execute(self._sql(statement), [()])
+        rows = await self._fetch(self._sql("SELECT COALESCE(MAX(seq), 0) FROM {table}"))
         self._seq = itertools.count(int(rows[0][0]) + 1)
 
     async def add(self, entries: Sequence[QueuedTask]) -> list[QueuedTask]:
@@ -179,7 +182,7 @@ class SqlTaskQueue(TaskQueue):
             for e in added
         ]
         if rows:
-            sql = f"INSERT INTO modelyard_tasks ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            sql = f"INSERT INTO {{table}} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
             await self._execute(self._sql(sql), rows)
         return added
 
@@ -193,7 +196,7 @@ class SqlTaskQueue(TaskQueue):
     async def _save_unsaved(self) -> None:
         await asyncio.sleep(0)  # let the other workers' saves of this moment join in
         tasks, self._unsaved, self._flush = self._unsaved, {}, None
-        sql = self._sql("UPDATE modelyard_tasks SET status = ?, task = ? WHERE id = ?")
+        sql = self._sql("UPDATE {table} SET status = ?, task = ? WHERE id = ?")
         await self._execute(
             sql, [(t.status.value, t.model_dump_json(), t.id) for t in tasks.values()]
         )
@@ -204,23 +207,24 @@ class SqlTaskQueue(TaskQueue):
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))
-            sql = f"SELECT graph, seq, task FROM modelyard_tasks WHERE id IN ({marks})"
+            sql = f"SELECT graph, seq, task FROM {{table}} WHERE id IN ({marks})"
             for entry in map(_entry, await self._fetch(self._sql(sql), chunk)):
                 found[entry.task.id] = entry
         return found
 
     async def unfinished(self) -> list[QueuedTask]:
-        sql = f"SELECT graph, seq, task FROM modelyard_tasks WHERE status IN (?, ?) {_ORDER}"
+        sql = f"SELECT graph, seq, task FROM {{table}} WHERE status IN (?, ?) {_ORDER}"
         return [_entry(row) for row in await self._fetch(self._sql(sql), UNFINISHED)]
 
     async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
         where, params = ("WHERE status = ?", [status.value]) if status else ("", [])
-        sql = f"SELECT graph, seq, task FROM modelyard_tasks {where} ORDER BY created_at, seq"
+        sql = f"SELECT graph, seq, task FROM {{table}} {where} ORDER BY created_at, seq"
         return [_entry(row).task for row in await self._fetch(self._sql(sql), params)]
 
     async def counts(self) -> dict[TaskStatus, int]:
         counts = dict.fromkeys(TaskStatus, 0)
-        rows = await self._fetch("SELECT status, COUNT(*) FROM modelyard_tasks GROUP BY status")
+        sql = self._sql("SELECT status, COUNT(*) FROM {table} GROUP BY status")
+        rows = await self._fetch(sql)
         for status, count in rows:
             counts[TaskStatus(status)] = int(count)
         return counts
@@ -239,8 +243,8 @@ def _entry(row: tuple[Any, ...]) -> QueuedTask:
 class SqliteTaskQueue(SqlTaskQueue):
     """The queue table in the runner's SQLite file, on a connection of its own."""
 
-    def __init__(self, conn: Any) -> None:
-        super().__init__()
+    def __init__(self, conn: Any, table: str = TASKS_TABLE) -> None:
+        super().__init__(table)
         self.conn = conn
         self.lock = asyncio.Lock()
 
@@ -264,8 +268,8 @@ class PostgresTaskQueue(SqlTaskQueue):
 
     placeholder = "%s"
 
-    def __init__(self, pool: Any) -> None:
-        super().__init__()
+    def __init__(self, pool: Any, table: str = TASKS_TABLE) -> None:
+        super().__init__(table)
         self.pool = pool
 
     async def _execute(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:

@@ -366,26 +366,14 @@ class TaskRunner:
 
     async def _run(self, live: _Live) -> None:
         assert self.queue is not None
-        task = live.task
-        compiled = self._graphs[live.graph]
-        config: RunnableConfig = {
-            "configurable": {"thread_id": task.id},
-            "recursion_limit": recursion_limit(task, self.config),
-        }
+        resumed = live.task.started_at is not None
         try:
-            payload, done = await resume_point(compiled, config, task)
-            resumed = task.started_at is not None
             detail = "resumed from its last checkpoint" if resumed else "started"
-            started_at = task.started_at or utcnow()
+            started_at = live.task.started_at or utcnow()
             await self._change(live, TaskStatus.RUNNING, detail, started_at=started_at)
-            if done is None:
-                done = await compiled.ainvoke(
-                    payload,
-                    config,
-                    context=self.context,
-                    durability=self.config.runner.durability,
-                )
-            finished = _finished(live.task, done)
+            finished = await run_thread(
+                self._graphs[live.graph], live.task, resumed=resumed, context=self.context
+            )
         except asyncio.CancelledError:
             if live.cancel_requested:
                 await self._finish(live, live.task, "cancelled while running")
@@ -393,7 +381,7 @@ class TaskRunner:
             await self._change(live, TaskStatus.PENDING, "interrupted by shutdown; resumes later")
             raise
         except Exception as exc:  # a bug in a graph must not kill the worker or lose the task
-            log.exception("task %s failed in graph %s", task.id, live.graph)
+            log.exception("task %s failed in graph %s", live.task.id, live.graph)
             error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
             finished = live.task.model_copy(update={"status": TaskStatus.FAILED, "error": error})
         await self._finish(live, finished, None)
@@ -408,12 +396,8 @@ class TaskRunner:
         **fields: Any,
     ) -> None:
         """Move a task to `status`, record the change in its history, and save it."""
-        event = TaskEvent(
-            kind="status", detail=detail, data={"from": live.task.status.value, "to": status.value}
-        )
         base = base or live.task
-        update = {"status": status, "history": [*base.history, event], **fields}
-        live.task = base.model_copy(update=update)
+        live.task = with_status(base, status, detail, was=live.task.status, **fields)
         assert self.queue is not None
         await asyncio.shield(self.queue.save(live.task))
         self._notify(live.task)
@@ -429,7 +413,7 @@ class TaskRunner:
         try:
             for callback in (live.callback, self.on_finish):
                 if callback is not None:
-                    await _call_back(callback, live.task)
+                    await call_back(callback, live.task)
         finally:
             # Only now is the task off the runner: join() and a draining shutdown wait
             # for its callbacks too.
@@ -444,17 +428,49 @@ class TaskRunner:
                 log.exception("on_change raised for task %s", task.id)
 
 
+async def run_thread(
+    compiled: CompiledStateGraph[Any, Any, Any, Any],
+    task: Task,
+    *,
+    resumed: bool,
+    context: Context,
+) -> Task:
+    """Run a task's thread (thread id = task id) to its end; return the task updated from it.
+
+    Args:
+        compiled: The task's graph, compiled with the checkpointer that holds its thread.
+        task: The task as it stands, status running.
+        resumed: It ran before (a crash or shutdown cut it off): continue its thread from
+            the last checkpoint, so steps that completed are not run again.
+        context: The graphs' run-time context.
+    """
+    settings = context.models().config
+    config: RunnableConfig = {
+        "configurable": {"thread_id": task.id},
+        "recursion_limit": recursion_limit(task, settings),
+    }
+    payload, done = await resume_point(compiled, config, task, resumed=resumed)
+    if done is None:
+        done = await compiled.ainvoke(
+            payload, config, context=context, durability=settings.runner.durability
+        )
+    return _finished(task, done)
+
+
 async def resume_point(
     compiled: CompiledStateGraph[Any, Any, Any, Any],
     config: RunnableConfig,
     task: Task,
+    *,
+    resumed: bool | None = None,
 ) -> tuple[Any, dict[str, Any] | None]:
     """Return (input, None) to run a task, or (None, state) when its graph had ended.
 
-    The input is the task's own when it never started, or when no step of it was
-    checkpointed; None (resume from the last checkpoint) otherwise.
+    The input is the task's own when it never started (`resumed` False; by default, when
+    it has no `started_at`), or when no step of it was checkpointed; None (resume from the
+    last checkpoint) otherwise.
     """
-    if task.started_at is None:
+    if not (task.started_at is not None if resumed is None else resumed):
         return task.to_input(), None
     snapshot = await compiled.aget_state(config)
     step = (snapshot.metadata or {}).get("step", -1)
@@ -477,7 +493,32 @@ def _finished(task: Task, state: dict[str, Any]) -> Task:
     return ended.model_copy(update={"history": history})
 
 
-async def _call_back(callback: TaskCallback, task: Task) -> None:
+def with_status(
+    task: Task,
+    status: TaskStatus,
+    detail: str,
+    *,
+    was: TaskStatus | None = None,
+    data: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Task:
+    """Return the task moved to `status`, the change recorded in its history.
+
+    Args:
+        task: The task.
+        status: Its new status.
+        detail: What happened, for the history (`started`, `cancelled while running`, ...).
+        was: The status it changes from; default: the task's.
+        data: More to record in the event (e.g. the worker that ran it).
+        **fields: Other fields to set (`started_at`, `finished_at`, ...).
+    """
+    changed = {"from": (was or task.status).value, "to": status.value, **(data or {})}
+    event = TaskEvent(kind="status", detail=detail, data=changed)
+    return task.model_copy(update={"status": status, "history": [*task.history, event], **fields})
+
+
+async def call_back(callback: TaskCallback, task: Task) -> None:
+    """Call a task's callback (sync or async); log, and swallow, what it raises."""
     try:
         result = callback(task)
         if inspect.isawaitable(result):
