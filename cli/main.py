@@ -378,8 +378,8 @@ def worker(
         signal_handlers=True,
     )
     err.print(
-        f"[dim]worker {runner.name}: {runner.concurrency} task(s) at once, "
-        f"queue at {redacted(runner.persistence.url)}[/dim]"
+        f"[dim]starting worker {runner.name} on the queue at "
+        f"{redacted(runner.persistence.url)}[/dim]"
     )
     asyncio.run(runner.run())
 

@@ -188,7 +188,7 @@ async def open_checkpointer(
 
         async with postgres_pool(settings.url, given=pool) as opened:
             saver = AsyncPostgresSaver(opened, serde=serde)
-            async with opened.connection() as conn, _AdvisoryLock(conn).hold():
+            async with opened.connection() as conn, _AdvisoryLock(conn).hold(setup=True):
                 await saver.setup()  # migrations: one process at a time
             yield saver
     else:
@@ -287,7 +287,7 @@ async def _postgres_store(url: str) -> AsyncIterator[BaseStore]:
             side = await psycopg.AsyncConnection.connect(url, autocommit=True)
             stack.push_async_callback(side.close)
             lock = _AdvisoryLock(side)
-            async with lock.hold():  # migrations: one process at a time
+            async with lock.hold(setup=True):  # migrations: one process at a time
                 await store.setup()
         except psycopg.OperationalError as exc:
             raise PersistenceError(
@@ -311,13 +311,39 @@ class _AdvisoryLock:
         self.local = asyncio.Lock()  # one holder per connection at a time
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self, *, setup: bool = False) -> AsyncIterator[None]:
+        """Hold the lock for the block.
+
+        Args:
+            setup: For migrations: poll for the lock instead of waiting in
+                `pg_advisory_lock`. A session waiting there holds a snapshot, which another
+                process's `CREATE INDEX CONCURRENTLY` (LangGraph's migrations) waits for,
+                while that process holds the lock: a deadlock PostgreSQL does not see.
+        """
         async with self.local:
-            await self.conn.execute("SELECT pg_advisory_lock(%s)", (self.KEY,))
+            if setup:
+                await poll_advisory_lock(self.conn, self.KEY)
+            else:
+                await self.conn.execute("SELECT pg_advisory_lock(%s)", (self.KEY,))
             try:
                 yield
             finally:
                 await self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.KEY,))
+
+
+async def poll_advisory_lock(conn: Any, key: int, every: float = 0.05) -> None:
+    """Take the PostgreSQL advisory lock `key` on `conn`, trying again until it is free.
+
+    Unlike `pg_advisory_lock`, no statement stays open while waiting, so a concurrent index
+    build elsewhere (which waits for every open snapshot) never waits for this one.
+    """
+    while True:
+        cursor = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (key,))
+        row = await cursor.fetchone()
+        taken = row["taken"] if isinstance(row, dict) else row[0]
+        if taken:
+            return
+        await asyncio.sleep(every)
 
 
 def redacted(url: str) -> str:

@@ -38,6 +38,7 @@ from modelyard.configs.persistence import (
     PersistenceError,
     open_checkpointer,
     open_store,
+    poll_advisory_lock,
     postgres_pool,
 )
 from modelyard.configs.schema import PersistenceSettings
@@ -101,7 +102,7 @@ async def open_job_queue(settings: PersistenceSettings, pool: Any) -> AsyncItera
     app = procrastinate.App(connector=connector)
     async with app.open_async():
         async with pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s)", (_SETUP_LOCK,))
+            await poll_advisory_lock(conn, _SETUP_LOCK)
             try:
                 found = await conn.execute("SELECT to_regclass('procrastinate_jobs') AS found")
                 row = await found.fetchone()
@@ -500,7 +501,7 @@ class DistributedWorker:
             app.task(name=JOB_TASK, queue=JOB_QUEUE, pass_context=True)(self._run_job)
             recovery = asyncio.create_task(self._recover(app), name="modelyard-recovery")
             try:
-                log.info("worker %s: %d task(s) at once", self.name, self.concurrency)
+                log.info("worker %s: taking tasks, %d at once", self.name, self.concurrency)
                 await app.run_worker_async(
                     queues=[JOB_QUEUE],
                     name=self.name,
