@@ -52,6 +52,7 @@ bench: setup
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/classify.py
+	$(BIN)/python bench/distributed.py
 
 clean:
 	rm -rf $(VENV) .mypy-src .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,5 +1,6 @@
 """Graph builders (uncompiled StateGraphs), their compiled graphs, and helpers to run tasks."""
 
+from modelyard.graphs.distributed import DistributedRunner, DistributedWorker
 from modelyard.graphs.fan_out import build_fan_out_graph, compare_models, parallel_tasks
 from modelyard.graphs.plan_and_implement import build_plan_and_implement_graph
 from modelyard.graphs.post_completion import add_post_completions
@@ -26,6 +27,8 @@ from modelyard.state.fan_out import Branch, BranchResult
 __all__ = [
     "Branch",
     "BranchResult",
+    "DistributedRunner",
+    "DistributedWorker",
     "Finished",
     "Notice",
     "RunnerClosedError",

@@ -21,7 +21,7 @@ import pytest
 from support import CODING_MODEL, MODELYARD, REASONING_MODEL, config_text, write_config
 from test_batch import steps_asked
 
-from modelyard.configs import load_config
+from modelyard.configs import load_config, load_config_text
 from modelyard.configs.persistence import PersistenceError, open_checkpointer, open_store
 from modelyard.configs.schema import PersistenceSettings
 from modelyard.graphs.distributed import (
@@ -32,7 +32,7 @@ from modelyard.graphs.distributed import (
 )
 from modelyard.graphs.queue import QueuedTask
 from modelyard.nodes import StatsBook
-from modelyard.state import Task, TaskStatus, TaskType
+from modelyard.state import ConfigError, Task, TaskStatus, TaskType
 from modelyard.testing.server import Fault, LocalModelServer
 
 pytestmark = pytest.mark.cli
@@ -402,6 +402,28 @@ def test_the_commands_submit_batch_and_work_across_processes(
     )
     assert refused.returncode == 2
     assert "needs PostgreSQL" in refused.stderr and "postgresql://" in refused.stderr
+
+
+def test_a_worker_without_its_database_says_which_and_exits_2(tmp_path: Path) -> None:
+    config = write_config(tmp_path, config_text("http://127.0.0.1:9"))
+    done = subprocess.run(
+        [MODELYARD, "worker", "-c", str(config), "--db", "postgresql://me:s3cret@127.0.0.1:1/q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "cannot reach the database at postgresql://me:***@127.0.0.1:1/q" in done.stderr
+    assert "s3cret" not in done.stderr
+
+
+def test_heartbeats_must_fit_well_inside_the_stalled_timeout() -> None:
+    text = config_text("http://127.0.0.1:9") + (
+        "runner:\n  heartbeat_seconds: 10\n  stalled_after_seconds: 15\n"
+    )
+    with pytest.raises(ConfigError, match="at least twice heartbeat_seconds"):
+        load_config_text(text)
 
 
 async def test_the_in_process_interface_refuses_a_database_other_than_postgres(
