@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,12 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from local_server import start_server
 
 from modelyard.configs import load_config
 from modelyard.graphs.distributed import DistributedRunner
 from modelyard.state import Task, TaskStatus
 
-MODELS = ("phi3:mini", "deepseek-coder:6.7b-instruct")
 CONFIG = """\
 models:
   - name: reasoner
@@ -66,22 +65,6 @@ class Result:
     @property
     def cpu_ms(self) -> float:
         return 1000 * self.cpu_seconds / self.tasks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(delay: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "modelyard.testing.server", "--port", str(port)]
-    command += [f"--model={m}" for m in MODELS] + ["--delay", str(delay)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE)
-    assert server.stdout is not None
-    server.stdout.readline()  # the banner: listening
-    return server, f"http://127.0.0.1:{port}"
 
 
 def children_cpu() -> float:

@@ -16,9 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -26,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from langchain_core.messages import HumanMessage, SystemMessage
+from local_server import start_server
 
 from modelyard.configs import ModelRegistry, load_config_text
 from modelyard.graphs.runner import TaskRunner
 from modelyard.nodes import Context
 from modelyard.state import Task, TaskStatus, TaskType
 
-MODELS = ("phi3:mini", "deepseek-coder:6.7b-instruct")
 CONFIG = """\
 models:
   - name: reasoner
@@ -116,22 +113,6 @@ async def through_runner(context: Context, url: str, count: int, workers: int) -
         counts = await runner.counts()
     if counts[TaskStatus.COMPLETED] != count:
         raise SystemExit(f"runner on {url}: only {counts} of {count} tasks completed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(delay: float) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    command = [sys.executable, "-m", "modelyard.testing.server", "--port", str(port)]
-    command += [f"--model={m}" for m in MODELS] + ["--delay", str(delay)]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE)
-    assert server.stdout is not None
-    server.stdout.readline()  # the banner: listening
-    return server, f"http://127.0.0.1:{port}"
 
 
 async def run_delay(delay: float, count: int, workers: int, folder: Path) -> list[Result]:

@@ -68,6 +68,14 @@ SetOption = Annotated[
     ),
 ]
 
+PromptArgument = Annotated[str, typer.Argument(help="The task, in your words.")]
+ModelOption = Annotated[
+    str | None, typer.Option("--model", "-m", help="Use this configured model for every step.")
+]
+TaskTypeOption = Annotated[
+    TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
+]
+
 
 class UsageError(Exception):
     """A problem with what the user asked for: printed on one line per problem, exit 2."""
@@ -83,15 +91,11 @@ def _load(
 
 @app.command()
 def run(
-    prompt: Annotated[str, typer.Argument(help="The task, in your words.")],
+    prompt: PromptArgument,
     config_file: ConfigOption = None,
     assignments: SetOption = None,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Use this configured model for every step.")
-    ] = None,
-    task_type: Annotated[
-        TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
-    ] = None,
+    model: ModelOption = None,
+    task_type: TaskTypeOption = None,
     plan: Annotated[
         bool, typer.Option("--plan", help="A reasoning model plans, a coding model implements.")
     ] = False,
@@ -259,9 +263,7 @@ def compare(
     ],
     config_file: ConfigOption = None,
     assignments: SetOption = None,
-    task_type: Annotated[
-        TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
-    ] = None,
+    task_type: TaskTypeOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of the table.")
     ] = False,
@@ -386,18 +388,14 @@ def worker(
 
 @app.command()
 def submit(
-    prompt: Annotated[str, typer.Argument(help="The task, in your words.")],
+    prompt: PromptArgument,
     config_file: ConfigOption = None,
     db: DbOption = None,
     priority: Annotated[
         int, typer.Option("--priority", "-p", help="Higher runs first (0 low .. 3 urgent).")
     ] = 1,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="Use this configured model for every step.")
-    ] = None,
-    task_type: Annotated[
-        TaskType | None, typer.Option("--task-type", "-t", help="Skip classification.")
-    ] = None,
+    model: ModelOption = None,
+    task_type: TaskTypeOption = None,
     graph: Annotated[str, typer.Option("--graph", "-g", help="The graph to run.")] = "route",
     task_id: Annotated[
         str | None, typer.Option("--id", help="The task's id; default: a new one.")

@@ -12,7 +12,7 @@ from modelyard.graphs.review import (
 from modelyard.graphs.route import build_route_graph
 from modelyard.graphs.run import arun_task, run_task
 from modelyard.graphs.run_fan_out import acompare, arun_fan_out, run_fan_out
-from modelyard.graphs.runner import RunnerClosedError, TaskRunner
+from modelyard.graphs.runner import Runner, RunnerClosedError, TaskRunner
 from modelyard.graphs.stream import (
     Finished,
     Notice,
@@ -31,6 +31,7 @@ __all__ = [
     "DistributedWorker",
     "Finished",
     "Notice",
+    "Runner",
     "RunnerClosedError",
     "StepUpdate",
     "StreamEvent",

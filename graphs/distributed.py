@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -53,6 +53,7 @@ from modelyard.graphs.queue import (
 from modelyard.graphs.run import BUILDERS
 from modelyard.graphs.runner import (
     GraphSource,
+    Runner,
     RunnerClosedError,
     TaskCallback,
     call_back,
@@ -183,7 +184,7 @@ class _Watched:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class DistributedRunner:
+class DistributedRunner(Runner):
     """Submit tasks to the workers of a PostgreSQL database; the in-process runner's interface.
 
     `submit`, `submit_many`, `get`, `cancel`, `list_tasks`, `counts`, `wait`, `join` and
@@ -234,13 +235,7 @@ class DistributedRunner:
         self._stack: AsyncExitStack | None = None
         self._state = "new"
 
-    async def __aenter__(self) -> DistributedRunner:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.shutdown(drain=exc_info[0] is None)
-
-    async def start(self) -> DistributedRunner:
+    async def start(self) -> Self:
         """Open the database (setting up its tables on first use) and start watching.
 
         Raises:
@@ -257,26 +252,6 @@ class DistributedRunner:
         self._state = "running"
         self._poller = asyncio.create_task(self._poll(), name="modelyard-distributed-poller")
         return self
-
-    async def submit(
-        self,
-        task: Task | str,
-        *,
-        graph: str | None = None,
-        callback: TaskCallback | None = None,
-        **fields: Any,
-    ) -> Task:
-        """Put a task on the queue and return it as stored (status pending).
-
-        Raises:
-            RunnerClosedError: the runner is not running.
-            ValueError: a task with this id was submitted before.
-        """
-        task = Task(prompt=task, **fields) if isinstance(task, str) else task
-        added = await self.submit_many([task], graph=graph, callback=callback)
-        if not added:
-            raise ValueError(f"task {task.id} was submitted before; get it with get({task.id!r})")
-        return added[0]
 
     async def submit_many(
         self,
@@ -331,14 +306,6 @@ class DistributedRunner:
         """Return a task as the database has it now."""
         found = await self._running_queue().get([task_id])
         return found[task_id].task if task_id in found else None
-
-    async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
-        """Return the tasks with `status` (all when None), oldest first."""
-        return await self._running_queue().list_tasks(status)
-
-    async def counts(self) -> dict[TaskStatus, int]:
-        """Return how many tasks the database holds in each status."""
-        return await self._running_queue().counts()
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait for a task to end and return it.

@@ -16,10 +16,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import StateGraph
@@ -49,6 +50,91 @@ class RunnerClosedError(ModelyardError):
     """The runner is not running: not started yet, or shut down."""
 
 
+class Runner(ABC):
+    """The interface of every task runner: `TaskRunner` in this process, `DistributedRunner`
+    on worker processes; code written against one runs on the other."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown(drain=exc_info[0] is None)
+
+    @abstractmethod
+    async def start(self) -> Self:
+        """Open the database and start taking tasks."""
+
+    async def submit(
+        self,
+        task: Task | str,
+        *,
+        graph: str | None = None,
+        callback: TaskCallback | None = None,
+        **fields: Any,
+    ) -> Task:
+        """Put a task on the queue and return it as stored (status pending).
+
+        Args:
+            task: The task, or its prompt (then `fields` fill in the rest: `priority`,
+                `task_type`, `model`, ...).
+            graph: The graph to run it through; default: the runner's.
+            callback: Called once with the finished task; sync or async. One that raises
+                is logged and does not stop the runner.
+
+        Raises:
+            RunnerClosedError: the runner is not running.
+            ValueError: a task with this id was submitted before, or the graph is unknown.
+        """
+        task = Task(prompt=task, **fields) if isinstance(task, str) else task
+        added = await self.submit_many([task], graph=graph, callback=callback)
+        if not added:
+            raise ValueError(f"task {task.id} was submitted before; get it with get({task.id!r})")
+        return added[0]
+
+    @abstractmethod
+    async def submit_many(
+        self,
+        tasks: Iterable[Task],
+        *,
+        graph: str | None = None,
+        callback: TaskCallback | None = None,
+    ) -> list[Task]:
+        """Put many tasks on the queue; return those added (ids already known are skipped)."""
+
+    @abstractmethod
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a pending or running task; return False when it had already ended."""
+
+    @abstractmethod
+    async def get(self, task_id: str) -> Task | None:
+        """Return a task as it stands now."""
+
+    async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
+        """Return the tasks with `status` (all when None), oldest first."""
+        return await self._running_queue().list_tasks(status)
+
+    async def counts(self) -> dict[TaskStatus, int]:
+        """Return how many tasks the database holds in each status."""
+        return await self._running_queue().counts()
+
+    @abstractmethod
+    def _running_queue(self) -> TaskQueue:
+        """Return the queue; raise RunnerClosedError when the runner is not running."""
+
+    @abstractmethod
+    async def wait(self, task_id: str, timeout: float | None = None) -> Task:
+        """Wait for a task to end and return it (KeyError: no such task)."""
+
+    @abstractmethod
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait until no task is pending or running; return False on timeout."""
+
+    @abstractmethod
+    async def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> list[Task]:
+        """Stop, draining first unless told not to; return the tasks left unfinished."""
+
+
 @dataclass(eq=False)
 class _Live:
     """A task this runner has not finished yet, and what waits for it."""
@@ -61,7 +147,7 @@ class _Live:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class TaskRunner:
+class TaskRunner(Runner):
     """Run tasks from a durable priority queue on N async workers.
 
     Higher priority runs first, then older tasks. Every status change (pending, running,
@@ -120,13 +206,7 @@ class TaskRunner:
         self._stack: AsyncExitStack | None = None
         self._state: Literal["new", "running", "closed"] = "new"
 
-    async def __aenter__(self) -> TaskRunner:
-        return await self.start()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.shutdown(drain=exc_info[0] is None)
-
-    async def start(self) -> TaskRunner:
+    async def start(self) -> Self:
         """Open the database, resume every unfinished task, and start the workers.
 
         Raises:
@@ -169,33 +249,6 @@ class TaskRunner:
         if self._live:
             log.info("resuming %d unfinished task(s)", len(self._live))
         return self
-
-    async def submit(
-        self,
-        task: Task | str,
-        *,
-        graph: str | None = None,
-        callback: TaskCallback | None = None,
-        **fields: Any,
-    ) -> Task:
-        """Put a task on the queue and return it as stored (status pending).
-
-        Args:
-            task: The task, or its prompt (then `fields` fill in the rest: `priority`,
-                `task_type`, `model`, ...).
-            graph: The graph to run it through; default: the runner's.
-            callback: Called once with the finished task; sync or async. One that raises
-                is logged and does not stop the worker.
-
-        Raises:
-            RunnerClosedError: the runner is not running.
-            ValueError: a task with this id was submitted before.
-        """
-        task = Task(prompt=task, **fields) if isinstance(task, str) else task
-        added = await self.submit_many([task], graph=graph, callback=callback)
-        if not added:
-            raise ValueError(f"task {task.id} was submitted before; get it with get({task.id!r})")
-        return added[0]
 
     async def submit_many(
         self,
@@ -267,14 +320,6 @@ class TaskRunner:
             return live.task
         found = await self._running_queue().get([task_id])
         return found[task_id].task if task_id in found else None
-
-    async def list_tasks(self, status: TaskStatus | None = None) -> list[Task]:
-        """Return the tasks with `status` (all when None), oldest first."""
-        return await self._running_queue().list_tasks(status)
-
-    async def counts(self) -> dict[TaskStatus, int]:
-        """Return how many tasks the database holds in each status."""
-        return await self._running_queue().counts()
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait for a task to end and return it.
