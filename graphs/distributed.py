@@ -286,15 +286,19 @@ class DistributedRunner(Runner):
         found = await queue.get([task_id])
         if task_id not in found or found[task_id].task.status in FINISHED:
             return False
-        jobs = await self._app.job_manager.list_jobs_async(queue=JOB_QUEUE, lock=task_id)
-        for job in sorted(jobs, key=lambda job: job.id):
-            if job.status == "todo" and await self._app.job_manager.cancel_job_by_id_async(job.id):
-                task = with_status(
-                    found[task_id].task, TaskStatus.CANCELLED, "cancelled before it started"
-                )
-                await queue.save(task.model_copy(update={"finished_at": utcnow()}))
-            elif job.status == "doing":
-                await self._app.job_manager.cancel_job_by_id_async(job.id, abort=True)
+        manager = self._app.job_manager
+        jobs = await manager.list_jobs_async(queue=JOB_QUEUE, lock=task_id)
+        running = False
+        for job in (job for job in jobs if job.status in ("todo", "doing")):
+            if job.status == "todo" and await manager.cancel_job_by_id_async(job.id):
+                continue  # taken off the queue before a worker took it
+            # running, or taken by a worker since it was listed: ask the worker to stop it
+            running = True
+            await manager.cancel_job_by_id_async(job.id, abort=True)
+        if not running:  # no worker has it (its job was cancelled, or it had none)
+            detail = "cancelled before it started"
+            task = with_status(found[task_id].task, TaskStatus.CANCELLED, detail)
+            await queue.save(task.model_copy(update={"finished_at": utcnow()}))
         limit = self.config.runner.stalled_after_seconds + self.config.runner.heartbeat_seconds
         try:
             await self.wait(task_id, timeout=limit)
