@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
+import os
 import signal
 import subprocess
 import sys
@@ -67,9 +67,14 @@ class Result:
         return 1000 * self.cpu_seconds / self.tasks
 
 
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def workers_cpu(workers: list[subprocess.Popen[bytes]]) -> float:
+    """Return the CPU seconds the running worker processes have used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for worker in workers:
+        fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 def start_worker(config: Path, name: str, concurrency: int, log: Path) -> subprocess.Popen[bytes]:
@@ -95,24 +100,28 @@ async def run_workers(count: int, args: argparse.Namespace, url: str, folder: Pa
         config.write_text(CONFIG.format(url=url, database=database))
         settings = load_config(config)
         async with DistributedRunner(config=settings, poll_seconds=0.1) as runner:
-            workers = [
-                await asyncio.to_thread(
-                    start_worker, config, f"bench{n}", args.concurrency, folder / f"w{n}.log"
-                )
-                for n in range(count)
-            ]
-            cpu = children_cpu()
-            started = time.perf_counter()
-            tasks = [Task(prompt=f"Explain topic {n}") for n in range(args.tasks)]
-            await runner.submit_many(tasks)
-            await runner.join()
-            seconds = time.perf_counter() - started
-            counts = await runner.counts()
-            for worker in workers:
-                worker.send_signal(signal.SIGTERM)
-            for worker in workers:
-                await asyncio.to_thread(worker.wait)
-            cpu = children_cpu() - cpu
+            workers: list[subprocess.Popen[bytes]] = []
+            try:
+                for n in range(count):
+                    log = folder / f"w{n}.log"
+                    workers.append(
+                        await asyncio.to_thread(
+                            start_worker, config, f"bench{n}", args.concurrency, log
+                        )
+                    )
+                cpu = workers_cpu(workers)  # from here: start-up not counted
+                started = time.perf_counter()
+                tasks = [Task(prompt=f"Explain topic {n}") for n in range(args.tasks)]
+                await runner.submit_many(tasks)
+                await runner.join()
+                seconds = time.perf_counter() - started
+                cpu = workers_cpu(workers) - cpu
+                counts = await runner.counts()
+            finally:
+                for worker in workers:
+                    worker.send_signal(signal.SIGTERM)
+                for worker in workers:
+                    await asyncio.to_thread(worker.wait)
         if counts[TaskStatus.COMPLETED] != args.tasks:
             raise SystemExit(f"not every task completed: {counts}")
         bound = count * args.concurrency / args.delay

@@ -272,15 +272,12 @@ async def run_batch(
                 view.set(task)
                 if task.status in FINISHED:
                     out.write(by_id[task_id], task)
+            if isinstance(runner, DistributedRunner):  # an earlier run's, still on the queue
+                runner.watch(entry.task for entry in known.values())
             for graph in dict.fromkeys(line.graph for line in lines):
                 new = [ln.task for ln in lines if ln.graph == graph and ln.task.id not in known]
                 await runner.submit_many(new, graph=graph)
             await runner.join()
-            # Tasks an earlier run left to the workers end without this runner watching.
-            for task_id, entry in (await runner.queue.get(by_id)).items():
-                view.set(entry.task)
-                if entry.task.status in FINISHED:
-                    out.write(by_id[task_id], entry.task)
     return view.counts()
 
 

@@ -74,6 +74,8 @@ JOB_QUEUE = "modelyard"
 TASKS_TABLE = "modelyard_distributed_tasks"
 #: The advisory lock held while setting up the schema, one process at a time.
 _SETUP_LOCK = zlib.crc32(b"modelyard.distributed.setup")
+#: The advisory lock of the recovery sweep: one worker sweeps at a time.
+_RECOVERY = zlib.crc32(b"modelyard.distributed.recovery")
 
 
 def _require_postgres(settings: PersistenceSettings) -> None:
@@ -131,6 +133,20 @@ class DistributedTaskQueue(PostgresTaskQueue):
             for task_id, status in await self._fetch(sql, [chunk]):
                 found[task_id] = TaskStatus(status)
         return found
+
+    async def save_unfinished(self, task: Task) -> bool:
+        """Store the task only if its stored status is still pending or running.
+
+        Returns False (nothing written) when it had ended meanwhile: cancelled by a client,
+        or finished by another worker. A write never undoes an end.
+        """
+        sql = self._sql(
+            "UPDATE {table} SET status = ?, task = ? WHERE id = ? AND status IN (?, ?) RETURNING id"
+        )
+        rows = await self._fetch(
+            sql, [task.status.value, task.model_dump_json(), task.id, *UNFINISHED]
+        )
+        return bool(rows)
 
     async def orphans(self, created_before: str) -> list[Task]:
         """Return the unfinished tasks, created before then, that have no job waiting or running."""
@@ -298,7 +314,8 @@ class DistributedRunner(Runner):
         if not running:  # no worker has it (its job was cancelled, or it had none)
             detail = "cancelled before it started"
             task = with_status(found[task_id].task, TaskStatus.CANCELLED, detail)
-            await queue.save(task.model_copy(update={"finished_at": utcnow()}))
+            if not await queue.save_unfinished(task.model_copy(update={"finished_at": utcnow()})):
+                return False  # it ended between the first read and now
         limit = self.config.runner.stalled_after_seconds + self.config.runner.heartbeat_seconds
         try:
             await self.wait(task_id, timeout=limit)
@@ -332,18 +349,22 @@ class DistributedRunner(Runner):
                 await asyncio.sleep(self.poll_seconds)
 
     async def join(self, timeout: float | None = None) -> bool:
-        """Wait until no task in the database is pending or running; False on timeout."""
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    counts = await self.counts()
-                    if not counts[TaskStatus.PENDING] and not counts[TaskStatus.RUNNING]:
-                        # and every callback of this runner has run
-                        await asyncio.gather(*(w.done.wait() for w in self._watched.values()))
-                        return True
-                    await asyncio.sleep(self.poll_seconds)
-        except TimeoutError:
-            return False
+        """Wait until every task this runner submitted or watches has ended and its callbacks
+        have run; return False on timeout. (Other clients' tasks on the queue are theirs.)"""
+        waits = [asyncio.ensure_future(w.done.wait()) for w in self._watched.values()]
+        if not waits:
+            return True
+        _, pending = await asyncio.wait(waits, timeout=timeout)
+        for waiting in pending:
+            waiting.cancel()
+        return not pending
+
+    def watch(self, tasks: Iterable[Task], callback: TaskCallback | None = None) -> None:
+        """Follow tasks submitted elsewhere (or by an earlier run) as if submitted here:
+        `on_change`, `on_finish`, `callback` and `join` then cover them too."""
+        for task in tasks:
+            if task.id not in self._watched and task.status not in FINISHED:
+                self._watched[task.id] = _Watched(task, callback)
 
     async def shutdown(self, *, drain: bool = True, timeout: float | None = None) -> list[Task]:
         """Stop watching and close the database; return this runner's tasks not yet ended.
@@ -357,11 +378,8 @@ class DistributedRunner(Runner):
         """
         if self._state != "running":
             return []
-        if drain and self._watched:
-            waits = [asyncio.ensure_future(w.done.wait()) for w in self._watched.values()]
-            await asyncio.wait(waits, timeout=timeout)
-            for waiting in waits:
-                waiting.cancel()
+        if drain:
+            await self.join(timeout)
         self._state = "closed"
         if self._poller is not None:
             self._poller.cancel()
@@ -499,46 +517,55 @@ class DistributedWorker:
                 await asyncio.gather(recovery, return_exceptions=True)
 
     async def _run_job(self, job_context: Any, task_id: str) -> str:
-        """Run one task (the job's) to its end; return its final status."""
+        """Run one task (the job's) to its end; return its final status.
+
+        Every write is conditional on the stored task being unfinished, so a task a client
+        cancelled (or another worker finished) is never brought back.
+        """
+        from procrastinate.job_context import AbortReason
+
         assert self.queue is not None
-        found = await self.queue.get([task_id])
-        if task_id not in found:
-            log.warning("job for task %s, which is not in the database; skipped", task_id)
-            return "unknown"
-        entry = found[task_id]
-        if entry.task.status in FINISHED:  # cancelled while waiting, or ended before a crash
-            return entry.task.status.value
-        resumed = entry.task.started_at is not None
-        detail = "resumed from its last checkpoint" if resumed else "started"
-        task = with_status(
-            entry.task,
-            TaskStatus.RUNNING,
-            f"{detail} on {self.name}",
-            data={"worker": self.name},
-            started_at=entry.task.started_at or utcnow(),
-        )
-        await self.queue.save(task)
+        task: Task | None = None
         try:
+            found = await self.queue.get([task_id])
+            if task_id not in found:
+                log.warning("job for task %s, which is not in the database; skipped", task_id)
+                return "unknown"
+            entry = found[task_id]
+            if entry.task.status in FINISHED or job_context.should_abort():
+                return entry.task.status.value  # cancelled while waiting, or ended before
+            resumed = entry.task.started_at is not None
+            detail = "resumed from its last checkpoint" if resumed else "started"
+            task = with_status(
+                entry.task,
+                TaskStatus.RUNNING,
+                f"{detail} on {self.name}",
+                data={"worker": self.name},
+                started_at=entry.task.started_at or utcnow(),
+            )
+            if not await self.queue.save_unfinished(task):
+                return "ended elsewhere"
             ended = await run_thread(
                 self._graphs[entry.graph], task, resumed=resumed, context=self.context
             )
         except asyncio.CancelledError:
-            from procrastinate.job_context import AbortReason
-
-            if job_context.abort_reason() == AbortReason.USER_REQUEST:
-                cancelled = with_status(task, TaskStatus.CANCELLED, "cancelled while running")
-                await asyncio.shield(self.queue.save(cancelled.model_copy(update=_ended())))
-            else:  # the worker is going down: another resumes it (see _recover)
-                paused = with_status(task, TaskStatus.PENDING, "interrupted; resumes later")
-                await asyncio.shield(self.queue.save(paused))
+            if task is not None:
+                if job_context.abort_reason() == AbortReason.USER_REQUEST:
+                    stop = with_status(task, TaskStatus.CANCELLED, "cancelled while running")
+                    stop = stop.model_copy(update=_ended())
+                else:  # the worker is going down: another resumes it (see _recover)
+                    stop = with_status(task, TaskStatus.PENDING, "interrupted; resumes later")
+                await asyncio.shield(self.queue.save_unfinished(stop))
             raise
         except Exception as exc:  # a bug in a graph must not kill the worker or lose the task
+            if task is None:
+                raise  # the database failed before the task started: procrastinate logs it
             log.exception("task %s failed in graph %s", task_id, entry.graph)
             error = {"kind": "internal", "message": f"{type(exc).__name__}: {exc}"}
             ended = task.model_copy(update={"status": TaskStatus.FAILED, "error": error})
         status = ended.status if ended.status in FINISHED else TaskStatus.COMPLETED
-        final = with_status(ended, status, status.value, **_ended(ended))
-        await self.queue.save(final)
+        final = with_status(ended, status, status.value, was=task.status, **_ended(ended))
+        await self.queue.save_unfinished(final)
         return status.value
 
     async def _recover(self, app: Any) -> None:
@@ -558,21 +585,41 @@ class DistributedWorker:
                 log.exception("worker %s: recovering stalled tasks failed; trying again", self.name)
 
     async def _recover_once(self, app: Any, stalled_after: float) -> None:
+        """One sweep, by one worker at a time (the others skip it while one sweeps)."""
+        assert self.queue is not None
+        async with self.queue.pool.connection() as conn:
+            taken = await conn.execute("SELECT pg_try_advisory_lock(%s) AS taken", (_RECOVERY,))
+            row = await taken.fetchone()
+            if not row or not row["taken"]:
+                return
+            try:
+                await self._sweep(app, stalled_after)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_RECOVERY,))
+
+    async def _sweep(self, app: Any, stalled_after: float) -> None:
         assert self.queue is not None
         manager = app.job_manager
         for job in await manager.get_stalled_jobs(
             queue=JOB_QUEUE, seconds_since_heartbeat=stalled_after
         ):
+            task_id = job.task_kwargs.get("task_id")
+            if job.abort_requested:  # cancelled while its worker was dying: end it so
+                found = await self.queue.get([task_id])
+                if task_id in found:
+                    stop = with_status(found[task_id].task, TaskStatus.CANCELLED, "cancelled")
+                    await self.queue.save_unfinished(stop.model_copy(update=_ended()))
             try:
-                await manager.retry_job(job)
-            except Exception as exc:  # another worker put it back first
+                await manager.retry_job(job)  # an abort-requested job is failed instead
+            except Exception as exc:  # ended meanwhile
                 log.debug("stalled job %s not retried: %s", job.id, exc)
                 continue
-            log.warning(
-                "worker %s: task %s was left by a worker that stopped; back on the queue",
-                self.name,
-                job.task_kwargs.get("task_id"),
-            )
+            if not job.abort_requested:
+                log.warning(
+                    "worker %s: task %s was left by a worker that stopped; back on the queue",
+                    self.name,
+                    task_id,
+                )
         await manager.prune_stalled_workers(stalled_after)
         before = utc_text(datetime.now(UTC) - timedelta(seconds=stalled_after))
         orphans = await self.queue.orphans(before)

@@ -358,8 +358,25 @@ async def test_a_task_saved_without_a_job_is_queued_again_by_a_worker(
 def test_the_commands_submit_batch_and_work_across_processes(
     tmp_path: Path, pg_url: str, workers: list[WorkerProcess]
 ) -> None:
+    """submit --wait; batch --distributed interrupted before any worker ran (its tasks stay
+    queued), then run again with workers: every result written once; a third run asks nothing."""
     with LocalModelServer([REASONING_MODEL, CODING_MODEL]) as server:
         config = cluster_config(tmp_path, server, pg_url)
+        lines = [{"prompt": f"Explain topic {n}", "id": f"b{n}"} for n in range(10)]
+        lines.append(
+            {"prompt": "Plan and write a parser", "graph": "plan_and_implement", "id": "p"}
+        )
+        tasks = tmp_path / "tasks.jsonl"
+        tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        out = tmp_path / "out.jsonl"
+        batch = [MODELYARD, "batch", str(tasks), "-c", str(config), "--distributed", "-o", str(out)]
+        waiting = subprocess.Popen(batch, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        asyncio.run(_until_queued(load_config(config), len(lines)))
+        waiting.send_signal(signal.SIGTERM)
+        _, stopped = waiting.communicate(timeout=60)
+        assert waiting.returncode == 130, stopped
+        assert not out.exists() or out.read_text() == ""
+
         start_workers(workers, config, ["cli1", "cli2"], 4, tmp_path)
         submitted = subprocess.run(
             [MODELYARD, "submit", "Explain DNS", "-c", str(config), "--priority", "3", "--wait"],
@@ -372,14 +389,6 @@ def test_the_commands_submit_batch_and_work_across_processes(
         task_id, record = submitted.stdout.splitlines()
         assert json.loads(record)["id"] == task_id and json.loads(record)["status"] == "completed"
 
-        lines = [{"prompt": f"Explain topic {n}", "id": f"b{n}"} for n in range(10)]
-        lines.append(
-            {"prompt": "Plan and write a parser", "graph": "plan_and_implement", "id": "p"}
-        )
-        tasks = tmp_path / "tasks.jsonl"
-        tasks.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        out = tmp_path / "out.jsonl"
-        batch = [MODELYARD, "batch", str(tasks), "-c", str(config), "--distributed", "-o", str(out)]
         done = subprocess.run(batch, capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stderr
         records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -402,6 +411,13 @@ def test_the_commands_submit_batch_and_work_across_processes(
     )
     assert refused.returncode == 2
     assert "needs PostgreSQL" in refused.stderr and "postgresql://" in refused.stderr
+
+
+async def _until_queued(settings: Any, count: int) -> None:
+    async with DistributedRunner(config=settings) as runner:
+        async with asyncio.timeout(60):
+            while (await runner.counts())[TaskStatus.PENDING] < count:
+                await asyncio.sleep(0.1)
 
 
 def test_a_worker_without_its_database_says_which_and_exits_2(tmp_path: Path) -> None:
