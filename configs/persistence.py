@@ -305,6 +305,9 @@ class _AdvisoryLock:
     """A PostgreSQL advisory lock for modelyard's stats, held on a connection of its own."""
 
     KEY = zlib.crc32(b"modelyard.model_stats")
+    #: Migrations take their own key: a migration's `CREATE INDEX CONCURRENTLY` waits for
+    #: every open statement in the database, a stats update waiting for KEY among them.
+    SETUP_KEY = zlib.crc32(b"modelyard.migrations")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -321,14 +324,15 @@ class _AdvisoryLock:
                 while that process holds the lock: a deadlock PostgreSQL does not see.
         """
         async with self.local:
+            key = self.SETUP_KEY if setup else self.KEY
             if setup:
-                await poll_advisory_lock(self.conn, self.KEY)
+                await poll_advisory_lock(self.conn, key)
             else:
-                await self.conn.execute("SELECT pg_advisory_lock(%s)", (self.KEY,))
+                await self.conn.execute("SELECT pg_advisory_lock(%s)", (key,))
             try:
                 yield
             finally:
-                await self.conn.execute("SELECT pg_advisory_unlock(%s)", (self.KEY,))
+                await self.conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 async def poll_advisory_lock(conn: Any, key: int, every: float = 0.05) -> None:
