@@ -161,13 +161,15 @@ async def test_three_workers_share_500_tasks_and_one_killed_midway_loses_none(
             )
             while (await runner.counts())[TaskStatus.COMPLETED] < len(ids) // 3:
                 await asyncio.sleep(0.1)
+            first.process.send_signal(signal.SIGKILL)
+            first.process.wait()
+            # What w1 held when it died: running, last taken by w1 (none ends before the
+            # others see w1 silent for stalled_after_seconds and take them up).
             running_on_first = [
                 t.id
                 for t in await runner.list_tasks(TaskStatus.RUNNING)
                 if ran_on(t)[-1:] == ["w1"]
             ]
-            first.process.send_signal(signal.SIGKILL)
-            first.process.wait()
             done_at_kill = await checkpointed_steps(pg_url, ids)
             assert running_on_first, "w1 had no task running when it was killed"
 
