@@ -24,13 +24,12 @@ import logging
 import os
 import socket
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
 
-from langgraph.graph import StateGraph
 from langgraph.graph.state import CompiledStateGraph
 
 from modelyard.configs import ModelyardConfig
@@ -57,6 +56,9 @@ from modelyard.graphs.runner import (
     RunnerClosedError,
     TaskCallback,
     call_back,
+    check_graph,
+    compile_graphs,
+    persistence_of,
     run_thread,
     with_status,
 )
@@ -125,14 +127,9 @@ class DistributedTaskQueue(PostgresTaskQueue):
 
     async def statuses(self, task_ids: Iterable[str]) -> dict[str, TaskStatus]:
         """Return the status of each stored task among `task_ids` (cheaper than `get`)."""
-        ids = list(task_ids)
-        found: dict[str, TaskStatus] = {}
-        for start in range(0, len(ids), 1000):
-            chunk = ids[start : start + 1000]
-            sql = self._sql("SELECT id, status FROM {table} WHERE id = ANY(?)")
-            for task_id, status in await self._fetch(sql, [chunk]):
-                found[task_id] = TaskStatus(status)
-        return found
+        sql = self._sql("SELECT id, status FROM {table} WHERE id = ANY(?)")
+        rows = await self._fetch(sql, [list(task_ids)])
+        return {task_id: TaskStatus(status) for task_id, status in rows}
 
     async def save_unfinished(self, task: Task) -> bool:
         """Store the task only if its stored status is still pending or running.
@@ -228,19 +225,14 @@ class DistributedRunner(Runner):
         graphs: Iterable[str] = (),
         persistence: PersistenceSettings | str | None = None,
         on_finish: TaskCallback | None = None,
-        on_change: Any = None,
+        on_change: Callable[[Task], None] | None = None,
         poll_seconds: float = 0.25,
     ) -> None:
         self.config = (context or Context(config=config)).models().config
-        if isinstance(persistence, str):
-            persistence = PersistenceSettings(url=persistence)
-        self.persistence = persistence or self.config.persistence
+        self.persistence = persistence_of(persistence, self.config)
         _require_postgres(self.persistence)
         self.graph_names = [*BUILDERS, *graphs]
-        if graph not in self.graph_names:
-            known = ", ".join(self.graph_names)
-            raise ValueError(f"unknown graph {graph!r}; known graphs: {known}")
-        self.default_graph = graph
+        self.default_graph = check_graph(graph, self.graph_names)
         self.on_finish = on_finish
         self.on_change = on_change
         self.poll_seconds = poll_seconds
@@ -278,10 +270,7 @@ class DistributedRunner(Runner):
     ) -> list[Task]:
         """Put many tasks on the queue; return those added (known ids are skipped)."""
         queue = self._running_queue()
-        graph = graph or self.default_graph
-        if graph not in self.graph_names:
-            known = ", ".join(self.graph_names)
-            raise ValueError(f"unknown graph {graph!r}; known graphs: {known}")
+        graph = check_graph(graph or self.default_graph, self.graph_names)
         entries = [
             QueuedTask(with_status(task, TaskStatus.PENDING, "submitted"), graph) for task in tasks
         ]
@@ -424,13 +413,6 @@ class DistributedRunner(Runner):
                     watched.done.set()
                     del self._watched[task_id]
 
-    def _notify(self, task: Task) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change(task)
-            except Exception:
-                log.exception("on_change raised for task %s", task.id)
-
 
 class DistributedWorker:
     """A worker process's runner: takes jobs off the queue and runs their tasks' threads.
@@ -463,9 +445,7 @@ class DistributedWorker:
         self.concurrency = concurrency or self.config.runner.workers
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
-        if isinstance(persistence, str):
-            persistence = PersistenceSettings(url=persistence)
-        self.persistence = persistence or self.config.persistence
+        self.persistence = persistence_of(persistence, self.config)
         _require_postgres(self.persistence)
         self._sources: dict[str, GraphSource] = {**BUILDERS, **(graphs or {})}
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
@@ -495,9 +475,7 @@ class DistributedWorker:
             saver = await stack.enter_async_context(open_checkpointer(self.persistence, pool=pool))
             store = await stack.enter_async_context(open_store(self.persistence))
             self.queue = DistributedTaskQueue(pool)
-            for name, source in self._sources.items():
-                builder = source if isinstance(source, StateGraph) else source(self.config)
-                self._graphs[name] = builder.compile(checkpointer=saver, store=store, name=name)
+            self._graphs = compile_graphs(self._sources, self.config, saver, store)
             app.task(name=JOB_TASK, queue=JOB_QUEUE, pass_context=True)(self._run_job)
             recovery = asyncio.create_task(self._recover(app), name="modelyard-recovery")
             try:

@@ -50,9 +50,43 @@ class RunnerClosedError(ModelyardError):
     """The runner is not running: not started yet, or shut down."""
 
 
+def check_graph(graph: str, known: Iterable[str]) -> str:
+    """Return `graph` if it is among the `known` graph names; else raise ValueError naming them."""
+    names = list(known)
+    if graph not in names:
+        raise ValueError(f"unknown graph {graph!r}; known graphs: {', '.join(names)}")
+    return graph
+
+
+def persistence_of(
+    given: PersistenceSettings | str | None, config: ModelyardConfig
+) -> PersistenceSettings:
+    """Return the settings a runner was given (a URL, or settings), else the config's."""
+    if isinstance(given, str):
+        return PersistenceSettings(url=given)
+    return given or config.persistence
+
+
+def compile_graphs(
+    sources: Mapping[str, GraphSource],
+    config: ModelyardConfig,
+    checkpointer: Any,
+    store: Any,
+) -> dict[str, CompiledStateGraph[Any, Any, Any, Any]]:
+    """Compile each graph (a StateGraph, or a builder taking the config) on the checkpointer."""
+    compiled = {}
+    for name, source in sources.items():
+        builder = source if isinstance(source, StateGraph) else source(config)
+        compiled[name] = builder.compile(checkpointer=checkpointer, store=store, name=name)
+    return compiled
+
+
 class Runner(ABC):
     """The interface of every task runner: `TaskRunner` in this process, `DistributedRunner`
     on worker processes; code written against one runs on the other."""
+
+    #: Called (synchronously) after every status change the runner sees.
+    on_change: Callable[[Task], None] | None = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -122,6 +156,13 @@ class Runner(ABC):
     def _running_queue(self) -> TaskQueue:
         """Return the queue; raise RunnerClosedError when the runner is not running."""
 
+    def _notify(self, task: Task) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(task)
+            except Exception:
+                log.exception("on_change raised for task %s", task.id)
+
     @abstractmethod
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
         """Wait for a task to end and return it (KeyError: no such task)."""
@@ -187,13 +228,9 @@ class TaskRunner(Runner):
         self.workers = workers if workers is not None else self.config.runner.workers
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
-        if isinstance(persistence, str):
-            persistence = PersistenceSettings(url=persistence)
-        self.persistence = persistence or self.config.persistence
+        self.persistence = persistence_of(persistence, self.config)
         self._sources: dict[str, GraphSource] = {**BUILDERS, **(graphs or {})}
-        if graph not in self._sources:
-            raise ValueError(f"unknown graph {graph!r}; known graphs: {', '.join(self._sources)}")
-        self.default_graph = graph
+        self.default_graph = check_graph(graph, self._sources)
         self.on_finish = on_finish
         self.on_change = on_change
         self.check_models = check_models
@@ -233,9 +270,7 @@ class TaskRunner(Runner):
             )
             saver = await stack.enter_async_context(open_checkpointer(self.persistence, pool=pool))
             store = await stack.enter_async_context(open_store(self.persistence))
-            for name, source in self._sources.items():
-                builder = source if isinstance(source, StateGraph) else source(self.config)
-                self._graphs[name] = builder.compile(checkpointer=saver, store=store, name=name)
+            self._graphs = compile_graphs(self._sources, self.config, saver, store)
             self._ready = asyncio.PriorityQueue()
             for entry in await self.queue.unfinished():
                 self._enqueue(entry, callback=None)
@@ -263,9 +298,7 @@ class TaskRunner(Runner):
         submitted twice runs once.
         """
         queue = self._running_queue()
-        graph = graph or self.default_graph
-        if graph not in self._graphs:
-            raise ValueError(f"unknown graph {graph!r}; known graphs: {', '.join(self._graphs)}")
+        graph = check_graph(graph or self.default_graph, self._graphs)
         entries = []
         for task in tasks:
             event = TaskEvent(kind="status", detail="submitted", data={"to": "pending"})
@@ -464,13 +497,6 @@ class TaskRunner(Runner):
             # for its callbacks too.
             del self._live[task.id]
             self._update_idle()
-
-    def _notify(self, task: Task) -> None:
-        if self.on_change is not None:
-            try:
-                self.on_change(task)
-            except Exception:
-                log.exception("on_change raised for task %s", task.id)
 
 
 async def run_thread(
