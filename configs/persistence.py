@@ -71,26 +71,12 @@ async def open_store(settings: PersistenceSettings | None = None) -> AsyncIterat
 
 @asynccontextmanager
 async def _sqlite_store(location: str) -> AsyncIterator[BaseStore]:
-    import aiosqlite
-    from langgraph.store.sqlite.aio import AsyncSqliteStore
+    from modelyard.configs.sqlite import SharedSqliteStore
 
     path = Path(location).expanduser()
-    async with sqlite_connection(path, purpose="stats database") as conn:
-        store = AsyncSqliteStore(conn)
-        try:
-            # Setting up a new file runs migrations: one process at a time.
-            async with _file_lock(_lock_path(path)):
-                await store.setup()
-        except aiosqlite.Error as exc:
-            raise PersistenceError(
-                f"the stats database {str(path)!r} cannot be used: {exc}. Move it away, or "
-                "point persistence.url elsewhere"
-            ) from exc
-        _update_locks[store] = lambda: _file_lock(_lock_path(path))
-        try:
-            yield store
-        finally:
-            await _stop_batching(store)
+    async with SharedSqliteStore.open(path) as store:
+        _update_locks[store] = lambda: file_lock(lock_path(path))
+        yield store
 
 
 async def _stop_batching(store: BaseStore) -> None:
@@ -106,7 +92,7 @@ async def _stop_batching(store: BaseStore) -> None:
             await task
 
 
-def _lock_path(path: Path) -> Path:
+def lock_path(path: Path) -> Path:
     return path.with_name(path.name + ".lock")
 
 
@@ -145,7 +131,7 @@ async def sqlite_connection(
         ) from exc
     try:
         try:
-            async with _file_lock(_lock_path(path)):
+            async with file_lock(lock_path(path)):
                 await conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
                 await conn.execute("PRAGMA journal_mode=WAL")
                 await conn.execute("PRAGMA synchronous=NORMAL")
@@ -192,13 +178,10 @@ async def open_checkpointer(
                 await saver.setup()  # migrations: one process at a time
             yield saver
     else:
-        from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+        from modelyard.configs.sqlite import GroupCommitSqliteSaver
 
         path = Path(settings.url).expanduser()
-        async with sqlite_connection(path, purpose="checkpoint database", autocommit=False) as conn:
-            sqlite_saver = AsyncSqliteSaver(conn, serde=serde)
-            async with _file_lock(_lock_path(path)):
-                await sqlite_saver.setup()
+        async with GroupCommitSqliteSaver.open(path, serde=serde) as sqlite_saver:
             yield sqlite_saver
 
 
@@ -246,7 +229,7 @@ async def postgres_pool(url: str, *, given: Any = None, size: int = 8) -> AsyncI
 
 
 @asynccontextmanager
-async def _file_lock(path: Path) -> AsyncIterator[None]:
+async def file_lock(path: Path) -> AsyncIterator[None]:
     """Hold an exclusive lock on `path` (made when missing), against every other holder.
 
     The lock is taken without blocking the event loop: at once when it is free, else in a

@@ -190,9 +190,9 @@ class ModelRegistry:
         return self._init_chat_model(model, options)
 
     def _ollama(self, model: ModelConfig, options: GenerationOptions) -> ChatRunnable:
-        from langchain_ollama import ChatOllama
+        from modelyard.configs.ollama import WholeAnswerChatOllama
 
-        client = ChatOllama(
+        client = WholeAnswerChatOllama(
             model=model.model,
             base_url=self.config.base_url_for(model),
             client_kwargs={"timeout": model.timeout},

@@ -18,13 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from modelyard.configs.persistence import (
-    SQLITE_BUSY_TIMEOUT,
-    PersistenceError,
-    postgres_pool,
-    sqlite_connection,
-)
+from modelyard.configs.persistence import SQLITE_BUSY_TIMEOUT, PersistenceError, postgres_pool
 from modelyard.configs.schema import PersistenceSettings
+from modelyard.configs.sqlite import SqliteFile, open_sqlite
 from modelyard.state import Task, TaskStatus
 
 #: Statuses after which a task never changes again.
@@ -241,26 +237,17 @@ def _entry(row: tuple[Any, ...]) -> QueuedTask:
 
 
 class SqliteTaskQueue(SqlTaskQueue):
-    """The queue table in the runner's SQLite file, on a connection of its own."""
+    """The queue table in the runner's SQLite file; its writes share the file's commits."""
 
-    def __init__(self, conn: Any, table: str = TASKS_TABLE) -> None:
+    def __init__(self, db: SqliteFile, table: str = TASKS_TABLE) -> None:
         super().__init__(table)
-        self.conn = conn
-        self.lock = asyncio.Lock()
+        self.db = db
 
     async def _execute(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        async with self.lock:
-            await self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                await self.conn.executemany(sql, rows)
-            except BaseException:
-                await self.conn.execute("ROLLBACK")
-                raise
-            await self.conn.execute("COMMIT")
+        await self.db.write(sql, rows)
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self.lock, self.conn.execute(sql, params) as cursor:
-            return [tuple(row) for row in await cursor.fetchall()]
+        return await self.db.run(lambda conn: [tuple(row) for row in conn.execute(sql, params)])
 
 
 class PostgresTaskQueue(SqlTaskQueue):
@@ -308,8 +295,8 @@ async def open_task_queue(
             yield queue
         return
     path = Path(settings.url).expanduser()
-    async with sqlite_connection(path, purpose="task queue") as conn:
-        queue = SqliteTaskQueue(conn)
+    async with open_sqlite(path, purpose="task queue") as db:
+        queue = SqliteTaskQueue(db)
         try:
             await queue.setup()
         except Exception as exc:

@@ -1,0 +1,406 @@
+"""SQLite on a thread of its own, with group commit: the runner's checkpoints and task queue.
+
+With 64 tasks at once, LangGraph's `AsyncSqliteSaver` cost the runner more CPU than its
+graphs did: every checkpoint and every task's writes are committed on their own, each
+statement, commit and cursor close a hand-off to aiosqlite's thread and back, all under one
+lock. Here one connection lives on one thread; whatever writes arrive while a commit runs
+go into the next commit together, one hand-off for all of them. A write returns only once
+its commit is done, so `durability="sync"` keeps its promise: a step whose checkpoint was
+saved is not run again after a crash.
+
+`GroupCommitSqliteSaver` is LangGraph's `SqliteSaver` (the same tables and rows: either
+saver reads the other's checkpoints) with async methods that go through that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    DeltaChannelHistory,
+    SerializerProtocol,
+    get_checkpoint_metadata,
+)
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.store.base import Op, Result
+from langgraph.store.sqlite import SqliteStore
+
+from modelyard.configs.persistence import (
+    SQLITE_BUSY_TIMEOUT,
+    PersistenceError,
+    file_lock,
+    lock_path,
+)
+
+T = TypeVar("T")
+
+_PUT_CHECKPOINT = (
+    "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
+    "parent_checkpoint_id, type, checkpoint, metadata) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_WRITE_COLUMNS = (
+    "thread_id, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, value"
+)
+_PUT_WRITES = f"INSERT OR REPLACE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ADD_WRITES = f"INSERT OR IGNORE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+@dataclass(eq=False)
+class _Write:
+    sql: str
+    rows: Sequence[Sequence[Any]]
+    done: asyncio.Future[None] = field(repr=False)
+
+
+class SqliteFile:
+    """A sqlite3 connection to one file, used only from a thread of its own.
+
+    `run(fn)` calls `fn(conn)` on that thread; `write(sql, rows)` adds statements to the
+    next commit. Get one with `async with open_sqlite(path, purpose=...) as db:`.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self.path = path
+        self.conn = conn
+        self.thread = thread
+        self._pending: list[_Write] = []
+        self._committing: asyncio.Task[None] | None = None
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Return `fn(conn)`, called on the connection's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, self.conn)
+
+    async def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run `sql` once per row, in the next commit; return when that commit is done.
+
+        Writes made while a commit runs share the one after it. A write that fails (a
+        constraint, a full disk) fails alone: the others of its commit are made again
+        without it.
+
+        Raises:
+            sqlite3.Error: the write failed.
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Write(sql, rows, done))
+        if self._committing is None:
+            self._committing = asyncio.create_task(self._commit_pending())
+        await done
+
+    async def _commit_pending(self) -> None:
+        loop = asyncio.get_running_loop()
+        batch: list[_Write] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                outcomes = await loop.run_in_executor(self.thread, _commit, self.conn, batch)
+                for write, outcome in zip(batch, outcomes, strict=True):
+                    if not write.done.done():
+                        if outcome is None:
+                            write.done.set_result(None)
+                        else:
+                            write.done.set_exception(outcome)
+                batch = []
+        finally:
+            self._committing = None
+            for write in [*batch, *self._pending]:  # cancelled: nobody waits forever
+                write.done.cancel()
+            self._pending = []
+
+    async def _drain(self) -> None:
+        while self._committing is not None:
+            await asyncio.wait([self._committing])
+
+
+@dataclass(eq=False)
+class _Shared:
+    db: SqliteFile | None = None
+    users: int = 0
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+
+#: The files open in this process, by event loop and path.
+_shared: dict[tuple[int, Path], _Shared] = {}
+
+
+@asynccontextmanager
+async def open_sqlite(path: Path, *, purpose: str) -> AsyncIterator[SqliteFile]:
+    """Open the SQLite file `path` (its folder made when missing), or share it if open.
+
+    Everything in this event loop that opens one file (the runner's queue, checkpoints
+    and stats) shares one connection and thread: their writes go into the same commits,
+    and never wait for each other's locks. It is closed when the last user is done.
+
+    Raises:
+        PersistenceError: the file cannot be opened; says which and what to do.
+    """
+    key = (id(asyncio.get_running_loop()), path.expanduser().resolve())
+    shared = _shared.setdefault(key, _Shared())
+    async with shared.opening:
+        if shared.db is None:
+            try:
+                shared.db = await shared.stack.enter_async_context(_open(path, purpose=purpose))
+            except BaseException:
+                if _shared.get(key) is shared and not shared.users:
+                    del _shared[key]
+                raise
+        shared.users += 1
+    try:
+        yield shared.db
+    finally:
+        async with shared.opening:
+            shared.users -= 1
+            if shared.users == 0:
+                shared.db = None
+                del _shared[key]
+                await shared.stack.aclose()
+
+
+@asynccontextmanager
+async def _open(path: Path, *, purpose: str) -> AsyncIterator[SqliteFile]:
+    """Open `path` in WAL mode on a thread of its own; close it on exit.
+
+    WAL lets several connections and processes share the file; `synchronous=NORMAL` keeps
+    every committed transaction through a crash of the process (only a power cut can lose
+    the last ones) without a disk flush per commit.
+    """
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-sqlite")
+    loop = asyncio.get_running_loop()
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = await loop.run_in_executor(thread, _connect, path)
+        except (OSError, sqlite3.Error) as exc:
+            raise PersistenceError(
+                f"cannot open the {purpose} {str(path)!r}: {exc}. Set persistence.url in "
+                "the config to a writable file, `memory`, or a postgresql:// URL"
+            ) from exc
+        db = SqliteFile(path, conn, thread)
+        try:
+            try:
+                async with file_lock(lock_path(path)):
+                    await db.run(_set_up_connection)
+            except sqlite3.Error as exc:
+                raise PersistenceError(
+                    f"the {purpose} {str(path)!r} cannot be used: {exc}. Move it away, or "
+                    "point persistence.url elsewhere"
+                ) from exc
+            yield db
+        finally:
+            await db._drain()
+            await loop.run_in_executor(thread, conn.close)
+    finally:
+        thread.shutdown(wait=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Autocommit: every transaction is explicit (the store's and the group commits' alike).
+    return sqlite3.connect(
+        str(path), timeout=SQLITE_BUSY_TIMEOUT, check_same_thread=False, isolation_level=None
+    )
+
+
+def _set_up_connection(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+
+
+def _commit(conn: sqlite3.Connection, batch: Sequence[_Write]) -> list[sqlite3.Error | None]:
+    """Make every write of `batch` in one transaction; when that fails, each on its own."""
+    try:
+        _transaction(conn, batch)
+        return [None] * len(batch)
+    except sqlite3.Error as exc:
+        if len(batch) == 1:
+            return [exc]
+    outcomes: list[sqlite3.Error | None] = []
+    for write in batch:
+        try:
+            _transaction(conn, [write])
+            outcomes.append(None)
+        except sqlite3.Error as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+def _transaction(conn: sqlite3.Connection, writes: Sequence[_Write]) -> None:
+    conn.execute("BEGIN IMMEDIATE")  # the write lock first: never a read upgraded late
+    try:
+        for write in writes:
+            conn.executemany(write.sql, write.rows)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+class GroupCommitSqliteSaver(SqliteSaver):
+    """LangGraph's SQLite checkpointer whose async methods go through a `SqliteFile`.
+
+    Checkpoints and writes are serialized in the caller's task and committed with the
+    others of the moment; reads run on the file's thread. The sync methods are
+    `SqliteSaver`'s own, on the same connection (it serializes them with a lock).
+    Open it with `async with GroupCommitSqliteSaver.open(path, serde=...) as saver:`.
+    """
+
+    def __init__(self, db: SqliteFile, *, serde: SerializerProtocol | None = None) -> None:
+        super().__init__(db.conn, serde=serde)
+        self.db = db
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, path: Path, *, serde: SerializerProtocol | None = None
+    ) -> AsyncIterator[GroupCommitSqliteSaver]:
+        """Open the checkpoints in the SQLite file `path`, creating their tables when missing.
+
+        Raises:
+            PersistenceError: the file cannot be opened or set up; says which and why.
+        """
+        async with open_sqlite(path, purpose="checkpoint database") as db:
+            saver = cls(db, serde=serde)
+            try:
+                async with file_lock(lock_path(path)):  # a new file: one process at a time
+                    await saver._call(saver.setup)
+            except sqlite3.Error as exc:
+                raise PersistenceError(
+                    f"the checkpoint database {str(path)!r} cannot be used: {exc}. Move it "
+                    "away, or point persistence.url elsewhere"
+                ) from exc
+            yield saver
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self.db.run(lambda _conn: fn(*args, **kwargs))
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await self._call(self.get_tuple, config)
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        found = await self._call(
+            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        )
+        for checkpoint in found:
+            yield checkpoint
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        configurable = config["configurable"]
+        thread_id, namespace = configurable["thread_id"], configurable["checkpoint_ns"]
+        kind, blob = self.serde.dumps_typed(checkpoint)
+        meta = json.dumps(get_checkpoint_metadata(config, metadata), ensure_ascii=False)
+        row = (
+            str(thread_id),
+            namespace,
+            checkpoint["id"],
+            configurable.get("checkpoint_id"),
+            kind,
+            blob,
+            meta.encode("utf-8", "ignore"),
+        )
+        await self.db.write(_PUT_CHECKPOINT, [row])
+        return {
+            "configurable": {
+                "thread_id": thread_id,
+                "checkpoint_ns": namespace,
+                "checkpoint_id": checkpoint["id"],
+            }
+        }
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        configurable = config["configurable"]
+        key = (
+            str(configurable["thread_id"]),
+            str(configurable["checkpoint_ns"]),
+            str(configurable["checkpoint_id"]),
+        )
+        # Writes of special channels (errors, interrupts) replace; others keep the first.
+        special = all(channel in WRITES_IDX_MAP for channel, _ in writes)
+        rows = [
+            (
+                *key,
+                task_id,
+                task_path,
+                WRITES_IDX_MAP.get(channel, idx),
+                channel,
+                *self.serde.dumps_typed(value),
+            )
+            for idx, (channel, value) in enumerate(writes)
+        ]
+        await self.db.write(_PUT_WRITES if special else _ADD_WRITES, rows)
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self._call(self.delete_thread, thread_id)
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await self._call(self.get_delta_channel_history, config=config, channels=channels)
+
+
+class SharedSqliteStore(SqliteStore):
+    """LangGraph's SQLite store whose async methods run on a `SqliteFile`'s thread.
+
+    Open it with `async with SharedSqliteStore.open(path) as store:`; a runner's stats
+    then share the connection of its checkpoints and queue.
+    """
+
+    def __init__(self, db: SqliteFile) -> None:
+        super().__init__(db.conn)
+        self.db = db
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, path: Path) -> AsyncIterator[SharedSqliteStore]:
+        """Open the store in the SQLite file `path`, creating its tables when missing.
+
+        Raises:
+            PersistenceError: the file cannot be opened or set up; says which and why.
+        """
+        async with open_sqlite(path, purpose="stats database") as db:
+            store = await db.run(lambda _conn: cls(db))
+            try:
+                async with file_lock(lock_path(path)):  # migrations: one process at a time
+                    await db.run(lambda _conn: store.setup())
+            except sqlite3.Error as exc:
+                raise PersistenceError(
+                    f"the stats database {str(path)!r} cannot be used: {exc}. Move it away, "
+                    "or point persistence.url elsewhere"
+                ) from exc
+            yield store
+
+    async def abatch(self, ops: Iterable[Op]) -> list[Result]:
+        todo = list(ops)
+        return await self.db.run(lambda _conn: self.batch(todo))
