@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -77,12 +79,18 @@ class SqliteFile:
         self.path = path
         self.conn = conn
         self.thread = thread
+        #: Held for every use of the connection: its thread's, and a sync caller's.
+        self.lock = threading.RLock()
         self._pending: list[_Write] = []
         self._committing: asyncio.Task[None] | None = None
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Return `fn(conn)`, called on the connection's thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, self.conn)
+        return await asyncio.get_running_loop().run_in_executor(self.thread, self._locked, fn)
+
+    def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self.lock:
+            return fn(self.conn)
 
     async def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run `sql` once per row, in the next commit; return when that commit is done.
@@ -101,12 +109,11 @@ class SqliteFile:
         await done
 
     async def _commit_pending(self) -> None:
-        loop = asyncio.get_running_loop()
         batch: list[_Write] = []
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                outcomes = await loop.run_in_executor(self.thread, _commit, self.conn, batch)
+                outcomes = await self.run(partial(_commit, batch=batch))
                 for write, outcome in zip(batch, outcomes, strict=True):
                     if not write.done.done():
                         if outcome is None:
@@ -221,13 +228,19 @@ def _set_up_connection(conn: sqlite3.Connection) -> None:
 
 
 def _commit(conn: sqlite3.Connection, batch: Sequence[_Write]) -> list[sqlite3.Error | None]:
-    """Make every write of `batch` in one transaction; when that fails, each on its own."""
+    """Make every write of `batch` in one transaction.
+
+    When one breaks a constraint, the others are made each on its own, so only it fails;
+    any other error (the file locked for too long, the disk full) fails them all.
+    """
     try:
         _transaction(conn, batch)
         return [None] * len(batch)
-    except sqlite3.Error as exc:
+    except sqlite3.IntegrityError as exc:
         if len(batch) == 1:
             return [exc]
+    except sqlite3.Error as exc:
+        return [exc] * len(batch)
     outcomes: list[sqlite3.Error | None] = []
     for write in batch:
         try:
@@ -261,6 +274,7 @@ class GroupCommitSqliteSaver(SqliteSaver):
     def __init__(self, db: SqliteFile, *, serde: SerializerProtocol | None = None) -> None:
         super().__init__(db.conn, serde=serde)
         self.db = db
+        self.lock = db.lock  # type: ignore[assignment]  # an RLock: held around our calls too
 
     @classmethod
     @asynccontextmanager
@@ -380,6 +394,7 @@ class SharedSqliteStore(SqliteStore):
     def __init__(self, db: SqliteFile) -> None:
         super().__init__(db.conn)
         self.db = db
+        self.lock = db.lock  # type: ignore[assignment]  # an RLock: held around our calls too
 
     @classmethod
     @asynccontextmanager
