@@ -97,57 +97,6 @@ def lock_path(path: Path) -> Path:
 
 
 @asynccontextmanager
-async def sqlite_connection(
-    path: Path, *, purpose: str, autocommit: bool = True
-) -> AsyncIterator[Any]:
-    """Open an aiosqlite connection to `path` (its folder made when missing), in WAL mode.
-
-    WAL lets several connections and processes share the file; `synchronous=NORMAL` keeps
-    every committed transaction through a crash of the process (only a power cut can lose
-    the last ones) without a disk flush per commit.
-
-    Args:
-        path: The SQLite file.
-        purpose: What the file holds, for error messages ("stats database", ...).
-        autocommit: Each statement commits by itself (else Python's implicit transactions,
-            which LangGraph's SQLite checkpointer expects).
-
-    Raises:
-        PersistenceError: the file cannot be opened; says which and what to do.
-    """
-    import aiosqlite
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(
-            str(path),
-            timeout=SQLITE_BUSY_TIMEOUT,
-            **({"isolation_level": None} if autocommit else {}),
-        )
-    except (OSError, aiosqlite.Error) as exc:
-        raise PersistenceError(
-            f"cannot open the {purpose} {str(path)!r}: {exc}. Set persistence.url in "
-            "the config to a writable file, `memory`, or a postgresql:// URL"
-        ) from exc
-    try:
-        try:
-            async with file_lock(lock_path(path)):
-                await conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
-                await conn.execute("PRAGMA journal_mode=WAL")
-                await conn.execute("PRAGMA synchronous=NORMAL")
-                if not autocommit:
-                    await conn.commit()
-        except aiosqlite.Error as exc:
-            raise PersistenceError(
-                f"the {purpose} {str(path)!r} cannot be used: {exc}. Move it away, or "
-                "point persistence.url elsewhere"
-            ) from exc
-        yield conn
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
 async def open_checkpointer(
     settings: PersistenceSettings | None = None, *, pool: Any = None
 ) -> AsyncIterator[BaseCheckpointSaver[Any]]:

@@ -281,7 +281,8 @@ class ModelConfig(_Strict):
     prompts: PromptSettings = Field(default_factory=PromptSettings)
     """The model's prompt style and per-step templates (see `configs/prompts/`)."""
     timeout: float = Field(default=120.0, gt=0.0)
-    """Seconds before a request to this model is abandoned."""
+    """Seconds before a request to this model is abandoned, waiting for the next bytes of
+    its answer: the whole answer when nobody streams its tokens, else each chunk."""
     initial_stats: InitialStats = Field(default_factory=InitialStats)
     """What selection assumes of the model before its first call."""
     auto_pull: bool | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -49,6 +50,7 @@ from modelyard.configs.persistence import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("modelyard.sqlite")
 
 _PUT_CHECKPOINT = (
     "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
@@ -90,17 +92,24 @@ class SqliteFile:
 
     def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self.lock:
-            return fn(self.conn)
+            try:
+                return fn(self.conn)
+            finally:
+                if self.conn.in_transaction:  # left open by a failure: it would block the rest
+                    log.warning("rolling back a transaction left open on %s", self.path)
+                    self.conn.execute("ROLLBACK")
 
     async def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run `sql` once per row, in the next commit; return when that commit is done.
 
-        Writes made while a commit runs share the one after it. A write that fails (a
-        constraint, a full disk) fails alone: the others of its commit are made again
-        without it.
+        Writes made while a commit runs share the one after it. A write that breaks a
+        constraint, or whose values cannot be stored, fails alone: the others of its commit
+        are made again without it. An error of the file itself (locked for too long, the
+        disk full) fails them all. A caller cancelled while it waits does not take its write
+        back: it may still land.
 
         Raises:
-            sqlite3.Error: the write failed.
+            sqlite3.Error: the write failed (or what binding its values raised).
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Write(sql, rows, done))
@@ -113,7 +122,10 @@ class SqliteFile:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                outcomes = await self.run(partial(_commit, batch=batch))
+                try:
+                    outcomes = await self.run(partial(_commit, batch=batch))
+                except Exception as exc:  # not the writes' own failure: tell every caller
+                    outcomes = [exc] * len(batch)
                 for write, outcome in zip(batch, outcomes, strict=True):
                     if not write.done.done():
                         if outcome is None:
@@ -149,25 +161,31 @@ async def open_sqlite(path: Path, *, purpose: str) -> AsyncIterator[SqliteFile]:
     """Open the SQLite file `path` (its folder made when missing), or share it if open.
 
     Everything in this event loop that opens one file (the runner's queue, checkpoints
-    and stats) shares one connection and thread: their writes go into the same commits,
-    and never wait for each other's locks. It is closed when the last user is done.
+    and stats) shares one connection and thread, so none waits for another's lock; the
+    queue's and the checkpoints' writes go into the same commits. It is closed when the
+    last user is done.
 
     Raises:
         PersistenceError: the file cannot be opened; says which and what to do.
     """
     key = (id(asyncio.get_running_loop()), path.expanduser().resolve())
-    shared = _shared.setdefault(key, _Shared())
-    async with shared.opening:
-        if shared.db is None:
-            try:
-                shared.db = await shared.stack.enter_async_context(_open(path, purpose=purpose))
-            except BaseException:
-                if _shared.get(key) is shared and not shared.users:
+    while True:
+        shared = _shared.setdefault(key, _Shared())
+        async with shared.opening:
+            if _shared.get(key) is not shared:
+                continue  # closed, or its opening failed, while we waited: start again
+            if shared.db is None:
+                try:
+                    opened = _open(path, purpose=purpose)
+                    shared.db = await shared.stack.enter_async_context(opened)
+                except BaseException:
                     del _shared[key]
-                raise
-        shared.users += 1
+                    raise
+            shared.users += 1
+            break
+    db = shared.db
     try:
-        yield shared.db
+        yield db
     finally:
         async with shared.opening:
             shared.users -= 1
@@ -227,26 +245,27 @@ def _set_up_connection(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
 
 
-def _commit(conn: sqlite3.Connection, batch: Sequence[_Write]) -> list[sqlite3.Error | None]:
+def _commit(conn: sqlite3.Connection, batch: Sequence[_Write]) -> list[Exception | None]:
     """Make every write of `batch` in one transaction.
 
-    When one breaks a constraint, the others are made each on its own, so only it fails;
-    any other error (the file locked for too long, the disk full) fails them all.
+    When one fails by itself (a constraint, a value that cannot be bound), the others are
+    made each on its own, so only it fails; an error of the file (locked for too long, the
+    disk full, I/O) fails them all.
     """
     try:
         _transaction(conn, batch)
         return [None] * len(batch)
-    except sqlite3.IntegrityError as exc:
+    except sqlite3.OperationalError as exc:
+        return [exc] * len(batch)
+    except Exception as exc:
         if len(batch) == 1:
             return [exc]
-    except sqlite3.Error as exc:
-        return [exc] * len(batch)
-    outcomes: list[sqlite3.Error | None] = []
+    outcomes: list[Exception | None] = []
     for write in batch:
         try:
             _transaction(conn, [write])
             outcomes.append(None)
-        except sqlite3.Error as exc:
+        except Exception as exc:
             outcomes.append(exc)
     return outcomes
 
@@ -256,10 +275,11 @@ def _transaction(conn: sqlite3.Connection, writes: Sequence[_Write]) -> None:
     try:
         for write in writes:
             conn.executemany(write.sql, write.rows)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 class GroupCommitSqliteSaver(SqliteSaver):
@@ -376,7 +396,11 @@ class GroupCommitSqliteSaver(SqliteSaver):
         await self.db.write(_PUT_WRITES if special else _ADD_WRITES, rows)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await self._call(self.delete_thread, thread_id)
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")  # checkpoints and writes go together...
+            self.delete_thread(thread_id)  # ...its commit() ends the transaction
+
+        await self.db.run(delete)
 
     async def aget_delta_channel_history(
         self, *, config: RunnableConfig, channels: Sequence[str]

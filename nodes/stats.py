@@ -135,6 +135,7 @@ class StatsBook:
         return await done
 
     async def _apply_waiting(self, name: str, updates: _Updates) -> None:
+        batch: list[tuple[Callable[[ModelStats], ModelStats], asyncio.Future[ModelStats]]] = []
         try:
             while updates.waiting:
                 batch, updates.waiting = updates.waiting, []
@@ -155,10 +156,12 @@ class StatsBook:
                         done.set_result(outcome)
                     else:
                         done.set_exception(outcome)
-        finally:
+                batch = []
+        finally:  # cancelled (the store closing, the loop ending): nobody waits forever
             updates.applying = None
-            for _, done in updates.waiting:  # cancelled itself: nobody waits forever
-                done.cancel()
+            for _, done in [*batch, *updates.waiting]:
+                if not done.done():
+                    done.cancel()
             updates.waiting = []
 
     def _parse(self, name: str, item: Item | None) -> ModelStats:

@@ -14,7 +14,8 @@ from langgraph.store.memory import InMemoryStore
 from typing_extensions import TypedDict
 
 from modelyard.configs import load_config
-from modelyard.configs.persistence import open_checkpointer, open_store
+from modelyard.configs import sqlite as sqlite_module
+from modelyard.configs.persistence import PersistenceError, open_checkpointer, open_store
 from modelyard.configs.schema import PersistenceSettings
 from modelyard.configs.sqlite import open_sqlite
 from modelyard.graphs.queue import open_task_queue
@@ -166,3 +167,72 @@ async def test_a_stats_change_that_raises_fails_alone() -> None:
     )
     assert isinstance(outcomes[1], RuntimeError)
     assert (await book.get("coder")).calls == 2
+
+
+async def test_a_value_sqlite_cannot_bind_fails_alone(tmp_path: Path) -> None:
+    async with open_sqlite(tmp_path / "db.sqlite", purpose="test") as db:
+        await db.run(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        outcomes = await asyncio.gather(
+            *(db.write("INSERT INTO t VALUES (?)", [(k,)]) for k in (1, 2**70, 3)),
+            return_exceptions=True,
+        )
+        rows = await db.run(lambda conn: conn.execute("SELECT k FROM t ORDER BY k").fetchall())
+    assert outcomes[0] is None and outcomes[2] is None
+    assert isinstance(outcomes[1], OverflowError)
+    assert rows == [(1,), (3,)]
+
+
+async def test_a_transaction_left_open_is_rolled_back_not_kept(tmp_path: Path) -> None:
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("failed mid-transaction")
+
+    async with open_sqlite(tmp_path / "db.sqlite", purpose="test") as db:
+        await db.run(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        with pytest.raises(RuntimeError):
+            await db.run(half_done)
+        await db.write("INSERT INTO t VALUES (?)", [(2,)])  # not "within a transaction"
+        rows = await db.run(lambda conn: conn.execute("SELECT k FROM t").fetchall())
+    assert rows == [(2,)]
+
+
+async def test_openers_after_a_failed_open_share_one_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = sqlite_module._open
+    calls = 0
+
+    def flaky(path: Path, *, purpose: str) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise PersistenceError("the first open fails")
+        return real_open(path, purpose=purpose)
+
+    monkeypatch.setattr(sqlite_module, "_open", flaky)
+    path = tmp_path / "db.sqlite"
+
+    async def use(seen: list[int]) -> None:
+        async with open_sqlite(path, purpose="test") as db:
+            seen.append(id(db))
+            await asyncio.sleep(0.05)
+
+    seen: list[int] = []
+    outcomes = await asyncio.gather(use(seen), use(seen), use(seen), return_exceptions=True)
+    assert isinstance(outcomes[0], PersistenceError) and outcomes[1:] == [None, None]
+    assert len(seen) == 2 and len(set(seen)) == 1
+    assert not sqlite_module._shared  # closed and forgotten with its last user
+
+
+class CancelledStore(InMemoryStore):
+    """A store whose reads are cancelled, as a store closing under a running task's are."""
+
+    async def abatch(self, ops: Any) -> Any:
+        raise asyncio.CancelledError
+
+
+async def test_a_stats_update_whose_store_is_cancelled_does_not_hang() -> None:
+    book = StatsBook(CancelledStore(), CONFIG)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(book.record_success(call()), timeout=5)
