@@ -1,10 +1,11 @@
-"""SQLite on a thread of its own, with group commit: the runner's checkpoints and task queue.
+"""SQLite on a thread of its own, with group commit: the runner's checkpoints, queue and stats.
 
-With 64 tasks at once, LangGraph's `AsyncSqliteSaver` cost the runner more CPU than its
-graphs did: every checkpoint and every task's writes are committed on their own, each
-statement, commit and cursor close a hand-off to aiosqlite's thread and back, all under one
-lock. Here one connection lives on one thread; whatever writes arrive while a commit runs
-go into the next commit together, one hand-off for all of them. A write returns only once
+With 64 tasks at once, the runner's SQLite file cost it more CPU than its graphs did: LangGraph's
+`AsyncSqliteSaver`, the queue and `AsyncSqliteStore` each had an aiosqlite connection, and
+committed every checkpoint, every task's writes, every status and stats update on its own,
+each statement, commit and cursor close a hand-off to a thread and back. Here one connection
+lives on one thread; the writes that arrive while a commit runs go into the next commit
+together, one hand-off for all of them. A write returns only once
 its commit is done, so `durability="sync"` keeps its promise: a step whose checkpoint was
 saved is not run again after a crash.
 
