@@ -43,6 +43,7 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.store.base import Op, Result
 from langgraph.store.sqlite import SqliteStore
 
+from modelyard.configs.batches import Batches
 from modelyard.configs.persistence import (
     SQLITE_BUSY_TIMEOUT,
     PersistenceError,
@@ -68,7 +69,6 @@ _ADD_WRITES = f"INSERT OR IGNORE INTO writes ({_WRITE_COLUMNS}) VALUES (?, ?, ?,
 class _Write:
     sql: str
     rows: Sequence[Sequence[Any]]
-    done: asyncio.Future[None] = field(repr=False)
 
 
 class SqliteFile:
@@ -84,8 +84,7 @@ class SqliteFile:
         self.thread = thread
         #: Held for every use of the connection: its thread's, and a sync caller's.
         self.lock = threading.RLock()
-        self._pending: list[_Write] = []
-        self._committing: asyncio.Task[None] | None = None
+        self._commits: Batches[_Write, None] = Batches(self._commit)
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Return `fn(conn)`, called on the connection's thread."""
@@ -112,37 +111,25 @@ class SqliteFile:
         Raises:
             sqlite3.Error: the write failed (or what binding its values raised).
         """
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Write(sql, rows, done))
-        if self._committing is None:
-            self._committing = asyncio.create_task(self._commit_pending())
-        await done
+        await self._commits.submit(_Write(sql, rows))
 
-    async def _commit_pending(self) -> None:
-        batch: list[_Write] = []
+    async def _commit(self, batch: list[_Write]) -> list[Exception | None]:
+        return await self.run(partial(_commit, batch=batch))
+
+    async def set_up(self, fn: Callable[[sqlite3.Connection], object], *, purpose: str) -> None:
+        """Run `fn(conn)` under the file's lock: one process at a time sets a new file up.
+
+        Raises:
+            PersistenceError: it failed; names the file, the error, and what to do.
+        """
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    outcomes = await self.run(partial(_commit, batch=batch))
-                except Exception as exc:  # not the writes' own failure: tell every caller
-                    outcomes = [exc] * len(batch)
-                for write, outcome in zip(batch, outcomes, strict=True):
-                    if not write.done.done():
-                        if outcome is None:
-                            write.done.set_result(None)
-                        else:
-                            write.done.set_exception(outcome)
-                batch = []
-        finally:
-            self._committing = None
-            for write in [*batch, *self._pending]:  # cancelled: nobody waits forever
-                write.done.cancel()
-            self._pending = []
-
-    async def _drain(self) -> None:
-        while self._committing is not None:
-            await asyncio.wait([self._committing])
+            async with file_lock(lock_path(self.path)):
+                await self.run(fn)
+        except sqlite3.Error as exc:
+            raise PersistenceError(
+                f"the {purpose} {str(self.path)!r} cannot be used: {exc}. Move it away, or "
+                "point persistence.url elsewhere"
+            ) from exc
 
 
 @dataclass(eq=False)
@@ -217,17 +204,10 @@ async def _open(path: Path, *, purpose: str) -> AsyncIterator[SqliteFile]:
             ) from exc
         db = SqliteFile(path, conn, thread)
         try:
-            try:
-                async with file_lock(lock_path(path)):
-                    await db.run(_set_up_connection)
-            except sqlite3.Error as exc:
-                raise PersistenceError(
-                    f"the {purpose} {str(path)!r} cannot be used: {exc}. Move it away, or "
-                    "point persistence.url elsewhere"
-                ) from exc
+            await db.set_up(_set_up_connection, purpose=purpose)
             yield db
         finally:
-            await db._drain()
+            await db._commits.drain()
             await loop.run_in_executor(thread, conn.close)
     finally:
         thread.shutdown(wait=True)
@@ -309,14 +289,7 @@ class GroupCommitSqliteSaver(SqliteSaver):
         """
         async with open_sqlite(path, purpose="checkpoint database") as db:
             saver = cls(db, serde=serde)
-            try:
-                async with file_lock(lock_path(path)):  # a new file: one process at a time
-                    await saver._call(saver.setup)
-            except sqlite3.Error as exc:
-                raise PersistenceError(
-                    f"the checkpoint database {str(path)!r} cannot be used: {exc}. Move it "
-                    "away, or point persistence.url elsewhere"
-                ) from exc
+            await db.set_up(lambda _conn: saver.setup(), purpose="checkpoint database")
             yield saver
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -431,14 +404,7 @@ class SharedSqliteStore(SqliteStore):
         """
         async with open_sqlite(path, purpose="stats database") as db:
             store = await db.run(lambda _conn: cls(db))
-            try:
-                async with file_lock(lock_path(path)):  # migrations: one process at a time
-                    await db.run(lambda _conn: store.setup())
-            except sqlite3.Error as exc:
-                raise PersistenceError(
-                    f"the stats database {str(path)!r} cannot be used: {exc}. Move it away, "
-                    "or point persistence.url elsewhere"
-                ) from exc
+            await db.set_up(lambda _conn: store.setup(), purpose="stats database")
             yield store
 
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:

@@ -10,23 +10,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from functools import partial
 
 from langgraph.store.base import BaseStore, GetOp, Item
 from langgraph.store.memory import InMemoryStore
 
 from modelyard.configs import ModelyardConfig
+from modelyard.configs.batches import Batches
 from modelyard.configs.persistence import update_lock
 from modelyard.routers.select import initial_stats
 from modelyard.state import ModelCall, ModelCallError, ModelStats
 
 NAMESPACE = ("modelyard", "model_stats")
 
+#: One change asked for: the book asking, and what it does to the model's stats.
+_Change = tuple["StatsBook", Callable[[ModelStats], ModelStats]]
+
 #: Where stats go when the graph has no store of its own.
 PROCESS_STORE = InMemoryStore()
 
-#: Per event loop, store and model: the updates of that record under way and waiting.
-_updates: dict[tuple[int, int, str], _Updates] = {}
+#: Per event loop, store and model: the updates of that record, applied in batches.
+_updates: dict[tuple[int, int, str], Batches[_Change, ModelStats]] = {}
 
 
 class StatsBook:
@@ -125,44 +129,10 @@ class StatsBook:
         model, one read and one write per call queued each call behind all the others.
         """
         key = (id(asyncio.get_running_loop()), id(self.store), name)
-        updates = _updates.get(key)
-        if updates is None:
-            updates = _updates[key] = _Updates()
-        done: asyncio.Future[ModelStats] = asyncio.get_running_loop().create_future()
-        updates.waiting.append((change, done))
-        if updates.applying is None:
-            updates.applying = asyncio.create_task(self._apply_waiting(name, updates))
-        return await done
-
-    async def _apply_waiting(self, name: str, updates: _Updates) -> None:
-        batch: list[tuple[Callable[[ModelStats], ModelStats], asyncio.Future[ModelStats]]] = []
-        try:
-            while updates.waiting:
-                batch, updates.waiting = updates.waiting, []
-                try:
-                    async with update_lock(self.store):
-                        stats = await self.get(name)
-                        outcomes = _apply(stats, [change for change, _ in batch])
-                        changed = [o for o in outcomes if isinstance(o, ModelStats)]
-                        if changed:
-                            value = changed[-1].model_dump(mode="json")
-                            await self.store.aput(NAMESPACE, name, value, index=False)
-                except Exception as exc:  # the store failed: every change of the batch did
-                    outcomes = [exc] * len(batch)
-                for (_, done), outcome in zip(batch, outcomes, strict=True):
-                    if done.done():  # its caller was cancelled; the change stands
-                        continue
-                    if isinstance(outcome, ModelStats):
-                        done.set_result(outcome)
-                    else:
-                        done.set_exception(outcome)
-                batch = []
-        finally:  # cancelled (the store closing, the loop ending): nobody waits forever
-            updates.applying = None
-            for _, done in [*batch, *updates.waiting]:
-                if not done.done():
-                    done.cancel()
-            updates.waiting = []
+        batches = _updates.get(key)
+        if batches is None:
+            batches = _updates[key] = Batches(partial(_apply_changes, name))
+        return await batches.submit((self, change))
 
     def _parse(self, name: str, item: Item | None) -> ModelStats:
         if item is None:
@@ -171,14 +141,22 @@ class StatsBook:
         return ModelStats.model_validate(item.value)
 
 
-@dataclass(eq=False)
-class _Updates:
-    """The changes waiting for one model's record, and the task applying them."""
+async def _apply_changes(
+    name: str, changes: list[tuple[StatsBook, Callable[[ModelStats], ModelStats]]]
+) -> list[ModelStats | Exception]:
+    """Read a model's stats, apply the changes in order, write the result once.
 
-    waiting: list[tuple[Callable[[ModelStats], ModelStats], asyncio.Future[ModelStats]]] = field(
-        default_factory=list
-    )
-    applying: asyncio.Task[None] | None = None
+    Each change's outcome is the stats after it, or what it raised (then it is skipped).
+    The books share one store (the batches are per store).
+    """
+    book = changes[0][0]
+    async with update_lock(book.store):
+        outcomes = _apply(await book.get(name), [change for _, change in changes])
+        changed = [outcome for outcome in outcomes if isinstance(outcome, ModelStats)]
+        if changed:
+            value = changed[-1].model_dump(mode="json")
+            await book.store.aput(NAMESPACE, name, value, index=False)
+    return outcomes
 
 
 def _apply(
