@@ -1,4 +1,5 @@
-"""ChatOllama that asks for the whole answer at once when nobody streams its tokens."""
+"""ChatOllama that asks for the whole answer at once when nobody streams its tokens, and
+carries every Ollama option itself."""
 
 from __future__ import annotations
 
@@ -19,7 +20,22 @@ class WholeAnswerChatOllama(ChatOllama):
     answer: one JSON parse, message chunk, merge and callback per token, for tokens nobody
     sees (with a real model, hundreds per answer). Here that path asks Ollama for the whole
     answer (`"stream": false`) in one response; streaming is as before.
+
+    ChatOllama has no field for several Ollama options (min_p, typical_p, penalties,
+    num_keep, ...); `ollama_options` holds all of them and goes with every request that
+    passes no `options` of its own. (A bound `options` argument would do the same, but
+    the binding copies the whole run config, callbacks and all, on every call.)
     """
+
+    ollama_options: dict[str, Any] | None = None
+    """The request's `options` (all of Ollama's), instead of the per-option fields."""
+
+    def _chat_params(
+        self, messages: list[BaseMessage], stop: list[str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        if self.ollama_options is not None:
+            kwargs.setdefault("options", self.ollama_options)
+        return super()._chat_params(messages, stop, **kwargs)
 
     async def _agenerate(
         self,

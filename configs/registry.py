@@ -23,6 +23,7 @@ from langchain_core.runnables import Runnable
 from modelyard.configs.schema import OPENAI_NATIVE_OPTIONS, GenerationOptions, ModelConfig
 from modelyard.configs.schema import ModelyardConfig as Config
 from modelyard.configs.server_models import ServerModels
+from modelyard.configs.transport import PooledTransport
 from modelyard.state import ConfigError, ConfigProblem, UnknownModelError
 
 ChatRunnable = Runnable[LanguageModelInput, BaseMessage]
@@ -192,18 +193,19 @@ class ModelRegistry:
     def _ollama(self, model: ModelConfig, options: GenerationOptions) -> ChatRunnable:
         from modelyard.configs.ollama import WholeAnswerChatOllama
 
-        client = WholeAnswerChatOllama(
+        # All of Ollama's options, ChatOllama's fields or not. Without num_ctx, Ollama would
+        # cut prompts at its own small default window without saying so.
+        ollama_options = options.ollama_options()
+        ollama_options.setdefault("num_ctx", model.context_window)
+        return WholeAnswerChatOllama(
             model=model.model,
             base_url=self.config.base_url_for(model),
             client_kwargs={"timeout": model.timeout},
+            # Only the async client: the sync one (ChatOllama builds both) needs a sync transport.
+            async_client_kwargs={"transport": PooledTransport()},
             disable_streaming=not model.supports.streaming,
+            ollama_options=ollama_options,
         )
-        # ChatOllama has no field for several Ollama options (min_p, typical_p, penalties,
-        # num_keep, ...); a bound `options` object carries all of them. Without num_ctx,
-        # Ollama would cut prompts at its own small default window without saying so.
-        ollama_options = options.ollama_options()
-        ollama_options.setdefault("num_ctx", model.context_window)
-        return client.bind(options=ollama_options)
 
     def _openai(self, model: ModelConfig, options: GenerationOptions) -> ChatRunnable:
         from langchain_openai import ChatOpenAI
@@ -232,7 +234,9 @@ class ModelRegistry:
             pass
         else:
             # ChatOpenAI otherwise shares one async client across instances and loops.
-            kwargs["http_async_client"] = httpx.AsyncClient(timeout=model.timeout)
+            kwargs["http_async_client"] = httpx.AsyncClient(
+                timeout=model.timeout, transport=PooledTransport()
+            )
         return ChatOpenAI(**kwargs)
 
     def _init_chat_model(self, model: ModelConfig, options: GenerationOptions) -> BaseChatModel:

@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from langchain_core.runnables import RunnableBinding
+from langchain_core.messages import HumanMessage
 from langchain_ollama import ChatOllama
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
@@ -25,6 +25,7 @@ from modelyard.configs import (
     load_config,
     resolve_config_path,
 )
+from modelyard.configs.ollama import WholeAnswerChatOllama
 from modelyard.state import ConfigError, ConfigProblem, TaskType, UnknownModelError
 
 ALL_TASK_TYPES = list(TaskType)
@@ -812,28 +813,36 @@ def test_registry_get_unknown_name_lists_configured_names() -> None:
     assert "reasoner, coder" in str(info.value)
 
 
-def test_registry_ollama_client_is_bound_with_every_option(tmp_path: Path) -> None:
+def sent_options(client: object) -> dict[str, object]:
+    """Return the `options` an Ollama client sends with a request (what goes on the wire)."""
+    assert isinstance(client, WholeAnswerChatOllama)
+    options: dict[str, object] = client._chat_params([HumanMessage("hi")])["options"]
+    return options
+
+
+def test_registry_ollama_client_sends_every_option(tmp_path: Path) -> None:
     options = {k: v for k, v in OLLAMA_OPTIONS.items() if k != "stop"}
     path = ollama_options_config(tmp_path, {"temperature": 0.4, **options})
     client = ModelRegistry(load_config(path)).chat_model("a")
-    assert isinstance(client, RunnableBinding)
-    assert isinstance(client.bound, ChatOllama)
-    assert client.bound.model == "phi3"
-    assert client.bound.base_url == "http://localhost:11434"
-    assert client.kwargs["options"] == {"temperature": 0.4, **options}
+    assert isinstance(client, ChatOllama)
+    assert client.model == "phi3"
+    assert client.base_url == "http://localhost:11434"
+    assert sent_options(client) == {"temperature": 0.4, **options}
+    # Options passed with one call win over the configured ones.
+    assert client._chat_params([HumanMessage("hi")], options={"seed": 1})["options"] == {"seed": 1}
 
 
 def test_registry_builds_a_client_for_a_model_with_stop_words(tmp_path: Path) -> None:
     path = ollama_options_config(tmp_path, {"stop": ["</s>"]})
     client = ModelRegistry(load_config(path)).chat_model("a")
     # num_ctx follows the context window unless the config sets it.
-    assert client.kwargs["options"] == {"stop": ["</s>"], "num_ctx": 4096}
+    assert sent_options(client) == {"stop": ["</s>"], "num_ctx": 4096}
 
 
 def test_registry_default_reasoner_sends_max_tokens_as_num_predict() -> None:
-    client = ModelRegistry(load_config()).chat_model("reasoner")
-    assert client.kwargs["options"]["num_predict"] == 4096
-    assert "max_tokens" not in client.kwargs["options"]
+    options = sent_options(ModelRegistry(load_config()).chat_model("reasoner"))
+    assert options["num_predict"] == 4096
+    assert "max_tokens" not in options
 
 
 def test_registry_lmstudio_client_is_chat_openai_without_retries_or_responses_api() -> None:

@@ -1,0 +1,102 @@
+"""An httpx transport that spreads many concurrent model calls over small connection pools.
+
+httpx's own pool (httpcore's) walks all of its connections several times on every request
+and every response, and while it holds more connections than `max_keepalive_connections`
+(20 by default) it closes each one that goes idle. With 64 calls at once to one model
+server, nearly every call opened a new TCP connection, and the bookkeeping cost more CPU
+than the call itself. `PooledTransport` keeps several small pools and gives each request
+to the one with the fewest requests under way: a pool never holds more connections than
+it keeps alive, its walks stay short, and connections are reused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+
+#: Connections per pool: short walks, and few pools for a server's usual concurrency.
+POOL_SIZE = 8
+
+
+class PooledTransport(httpx.AsyncBaseTransport):
+    """Several `httpx.AsyncHTTPTransport` pools of `pool_size` connections each.
+
+    Args:
+        max_connections: Connections open at once, over all pools (httpx's default: 100);
+            a request beyond them waits for one, as in httpx.
+        pool_size: Connections per pool.
+        keepalive_expiry: Seconds an idle connection stays open.
+        **kwargs: For each `httpx.AsyncHTTPTransport` (`verify`, `cert`, `retries`, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 100,
+        pool_size: int = POOL_SIZE,
+        keepalive_expiry: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        if max_connections < 1 or pool_size < 1:
+            raise ValueError(
+                f"max_connections and pool_size must be at least 1, not {max_connections} "
+                f"and {pool_size}"
+            )
+        count = math.ceil(max_connections / pool_size)
+        size = math.ceil(max_connections / count)
+        limits = httpx.Limits(
+            max_connections=size, max_keepalive_connections=size, keepalive_expiry=keepalive_expiry
+        )
+        self.pools = [httpx.AsyncHTTPTransport(limits=limits, **kwargs) for _ in range(count)]
+        #: Requests under way in each pool: sent, and their response not closed yet.
+        self.in_flight = [0] * count
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # The least busy pool; the first of equals, so calls one at a time reuse one connection.
+        index = self.in_flight.index(min(self.in_flight))
+        self.in_flight[index] += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.in_flight[index] -= 1
+
+        try:
+            response = await self.pools[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        return httpx.Response(
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_Released(response.stream, release),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        for pool in self.pools:
+            await pool.aclose()
+
+
+class _Released(httpx.AsyncByteStream):
+    """A response body that tells its pool the request is over when it is closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._stream = stream
+        self._release = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._release()
