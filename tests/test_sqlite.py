@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -236,3 +238,56 @@ async def test_a_stats_update_whose_store_is_cancelled_does_not_hang() -> None:
     book = StatsBook(CancelledStore(), CONFIG)
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(book.record_success(call()), timeout=5)
+
+
+async def test_short_writes_commit_on_the_loop_and_the_wal_is_checkpointed_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 5)
+    seen: list[tuple[str, str]] = []
+
+    def trace(statement: str) -> None:
+        seen.append((threading.current_thread().name, statement))
+
+    async with open_sqlite(tmp_path / "db.sqlite", purpose="test") as db:
+        await db.run(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        await db.run(lambda conn: conn.set_trace_callback(trace))
+        for k in range(10):
+            await db.write("INSERT INTO t VALUES (?)", [(k,)])
+        await db.drain()
+        await db.run(lambda conn: conn.set_trace_callback(None))
+    loop_thread = threading.current_thread().name
+    commits = [thread for thread, statement in seen if statement == "COMMIT"]
+    assert len(commits) == 10
+    # The first five at least; a write while the thread checkpoints goes to the thread.
+    assert commits[:5] == [loop_thread] * 5
+    checkpoints = [thread for thread, statement in seen if "wal_checkpoint(" in statement]
+    assert checkpoints and all(t.startswith("modelyard-sqlite") for t in checkpoints)
+    # SQLite's own checkpoint, which flushes the disk, is off for commits on the loop.
+    on_the_loop = [statement for thread, statement in seen if thread == loop_thread]
+    for at, statement in enumerate(on_the_loop):
+        if statement == "COMMIT":
+            settings = [s for s in on_the_loop[:at] if s.startswith("PRAGMA wal_autocheckpoint")]
+            assert settings[-1] == "PRAGMA wal_autocheckpoint=0"
+
+
+async def test_a_write_waits_on_the_thread_while_another_process_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite"
+    async with open_sqlite(path, purpose="test") as db:
+        await db.run(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would hold it
+        other.execute("INSERT INTO t VALUES (1)")
+        write = asyncio.create_task(db.write("INSERT INTO t VALUES (?)", [(2,)]))
+        started = time.perf_counter()
+        for _ in range(20):  # the event loop goes on while the write waits
+            await asyncio.sleep(0.01)
+        assert time.perf_counter() - started < 1.0  # SQLite's busy wait would take 30 s
+        assert not write.done()
+        other.execute("COMMIT")
+        await asyncio.wait_for(write, 10)
+        other.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [(1,), (2,)]
