@@ -72,12 +72,8 @@ class PooledTransport(httpx.AsyncBaseTransport):
             release()
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_Released(response.stream, release),
-            extensions=response.extensions,
-        )
+        response.stream = _Released(response.stream, release)
+        return response
 
     async def aclose(self) -> None:
         for pool in self.pools:
@@ -91,9 +87,8 @@ class _Released(httpx.AsyncByteStream):
         self._stream = stream
         self._release = release
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._stream.__aiter__()
 
     async def aclose(self) -> None:
         try:

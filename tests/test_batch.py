@@ -22,6 +22,8 @@ pytestmark = pytest.mark.cli
 
 #: Tasks in the crash test; `MODELYARD_CRASH_TASKS=1000` runs the issue's full-size check.
 CRASH_TASKS = int(os.environ.get("MODELYARD_CRASH_TASKS", "120"))
+#: How the plan step's prompt begins (the packaged template).
+PLAN_PROMPT = "Write an implementation plan"
 
 
 def batch_command(tasks: Path, config: Path, db: Path, *extra: str) -> list[str]:
@@ -129,6 +131,19 @@ def test_a_failed_task_is_written_with_its_error_and_the_exit_code_says_so(
     assert [r["status"] for r in by_id.values()].count("completed") == 1
 
 
+def implementing_now(server: LocalModelServer, within: float = 0.05) -> bool:
+    """Return whether an implement request came in the last `within` s (its answer takes
+    0.15 s): its task's plan was checkpointed before the request, its code is not yet."""
+    now = time.time()
+    for request in reversed(server.requests):
+        if now - request.received_at >= within:
+            return False
+        messages = (request.body or {}).get("messages") or []
+        if messages and not str(messages[-1].get("content", "")).startswith(PLAN_PROMPT):
+            return True
+    return False
+
+
 def steps_asked(server: LocalModelServer, task_ids: list[str]) -> dict[str, Counter[str]]:
     """Count the chat requests per step and task, by the step's prompt template.
 
@@ -139,7 +154,7 @@ def steps_asked(server: LocalModelServer, task_ids: list[str]) -> dict[str, Coun
     for request in server.requests:
         messages = (request.body or {}).get("messages") or []
         text = str(messages[-1].get("content", "")) if messages else ""
-        step = "plan" if text.startswith("Write an implementation plan") else "implement"
+        step = "plan" if text.startswith(PLAN_PROMPT) else "implement"
         for task_id in task_ids:
             if f"job {task_id}." in text:
                 asked[step][task_id] += 1
@@ -183,9 +198,11 @@ def test_a_runner_killed_mid_batch_resumes_and_asks_no_completed_step_twice(
     runner = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and runner.poll() is None:
-        if out.exists() and len(out.read_text().splitlines()) >= CRASH_TASKS // 3:
+        # Tasks started together move in step; kill while one is mid-way, not between waves.
+        written = len(out.read_text().splitlines()) if out.exists() else 0
+        if written >= CRASH_TASKS // 3 and implementing_now(server):
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert runner.poll() is None, "the batch ended before it could be killed"
     runner.send_signal(signal.SIGKILL)
     runner.wait()
