@@ -20,7 +20,13 @@ from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable
 
-from modelyard.configs.schema import OPENAI_NATIVE_OPTIONS, GenerationOptions, ModelConfig
+from modelyard.configs.schema import (
+    DEFAULT_OLLAMA_URL,
+    OPENAI_API_URL,
+    OPENAI_NATIVE_OPTIONS,
+    GenerationOptions,
+    ModelConfig,
+)
 from modelyard.configs.schema import ModelyardConfig as Config
 from modelyard.configs.server_models import ServerModels
 from modelyard.configs.transport import PooledTransport
@@ -197,12 +203,13 @@ class ModelRegistry:
         # cut prompts at its own small default window without saying so.
         ollama_options = options.ollama_options()
         ollama_options.setdefault("num_ctx", model.context_window)
+        base_url = self.config.base_url_for(model) or DEFAULT_OLLAMA_URL
         return WholeAnswerChatOllama(
             model=model.model,
-            base_url=self.config.base_url_for(model),
+            base_url=base_url,
             client_kwargs={"timeout": model.timeout},
             # Only the async client: the sync one (ChatOllama builds both) needs a sync transport.
-            async_client_kwargs={"transport": PooledTransport()},
+            async_client_kwargs={"transport": PooledTransport.for_url(base_url)},
             disable_streaming=not model.supports.streaming,
             ollama_options=ollama_options,
         )
@@ -234,8 +241,9 @@ class ModelRegistry:
             pass
         else:
             # ChatOpenAI otherwise shares one async client across instances and loops.
+            transport = PooledTransport.for_url(kwargs["base_url"] or OPENAI_API_URL)
             kwargs["http_async_client"] = httpx.AsyncClient(
-                timeout=model.timeout, transport=PooledTransport()
+                timeout=model.timeout, transport=transport
             )
         return ChatOpenAI(**kwargs)
 

@@ -1,16 +1,17 @@
-"""SQLite on a thread of its own, with group commit: the runner's checkpoints, queue and stats.
+"""One SQLite connection per file, with group commit: the runner's checkpoints, queue and stats.
 
 With 64 tasks at once, the runner's SQLite file cost it more CPU than its graphs did: LangGraph's
 `AsyncSqliteSaver`, the queue and `AsyncSqliteStore` each had an aiosqlite connection, and
 committed every checkpoint, every task's writes, every status and stats update on its own,
-each statement, commit and cursor close a hand-off to a thread and back. Here one connection
-lives on one thread; the writes that arrive while a commit runs go into the next commit
-together, one hand-off for all of them. A write returns only once
-its commit is done, so `durability="sync"` keeps its promise: a step whose checkpoint was
-saved is not run again after a crash.
+each statement, commit and cursor close a hand-off to a thread and back. Here they share one
+connection; the writes that arrive while a commit runs go into the next commit together. Short
+work (a commit, rows by key) runs on the event loop when nothing can make it wait, the rest on
+the connection's own thread. A write returns only once its commit is done, so
+`durability="sync"` keeps its promise: a step whose checkpoint was saved is not run again
+after a crash.
 
 `GroupCommitSqliteSaver` is LangGraph's `SqliteSaver` (the same tables and rows: either
-saver reads the other's checkpoints) with async methods that go through that thread.
+saver reads the other's checkpoints) with async methods that go through that connection.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ log = logging.getLogger("modelyard.sqlite")
 BUSY_TIMEOUT_MS = int(SQLITE_BUSY_TIMEOUT * 1000)
 #: SQLite's default: a commit that leaves this many pages in the WAL checkpoints it.
 WAL_AUTOCHECKPOINT = 1000
-#: Uses of the connection on the event loop between two WAL checkpoints on the thread:
-#: about the 4 MB of WAL at which SQLite's own would run, with the runner's writes.
+#: Uses of the connection on the event loop (commits and reads) between two WAL checkpoints
+#: on the thread: with the runner's writes, a few MB of WAL, about when SQLite's own would run.
 CHECKPOINT_EVERY = 400
 
 _PUT_CHECKPOINT = (
@@ -79,10 +80,11 @@ class _Write:
 
 
 class SqliteFile:
-    """A sqlite3 connection to one file, used only from a thread of its own.
+    """A sqlite3 connection to one file, with a thread of its own.
 
-    `run(fn)` calls `fn(conn)` on that thread; `write(sql, rows)` adds statements to the
-    next commit. Get one with `async with open_sqlite(path, purpose=...) as db:`.
+    `run(fn)` calls `fn(conn)` on that thread; `try_here(fn)` calls it on the event loop
+    when nothing can make it wait; `write(sql, rows)` adds statements to the next commit.
+    Get one with `async with open_sqlite(path, purpose=...) as db:`.
     """
 
     def __init__(self, path: Path, conn: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
@@ -94,6 +96,7 @@ class SqliteFile:
         self._commits: Batches[_Write, None] = Batches(self._commit)
         self._done_here = 0
         self._checkpointing: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Return `fn(conn)`, called on the connection's thread."""
@@ -102,6 +105,7 @@ class SqliteFile:
     def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self.lock:
             try:
+                _set_waiting(self.conn, True)  # in case `try_here` could not put it back
                 return fn(self.conn)
             finally:
                 if self.conn.in_transaction:  # left open by a failure: it would block the rest
@@ -137,27 +141,30 @@ class SqliteFile:
         loop to let go of the GIL). None, with nothing done, when the connection is busy
         on its thread, when another process holds a lock `fn` needs (SQLite is told not
         to wait for it), or when `fn` fails: then give `fn` to `run`, which waits and
-        says what failed.
+        says what failed. `fn`'s open transaction is rolled back; what `fn` committed itself
+        before it failed stays (LangGraph's `SqliteStore.batch` commits even when a put
+        fails), so `fn` must be safe to run again (the store's puts replace).
         """
         if not self.lock.acquire(blocking=False):
             return None
         try:
-            # SQLite's automatic WAL checkpoint flushes the disk: on the thread instead.
-            self.conn.execute("PRAGMA wal_autocheckpoint=0")
-            self.conn.execute("PRAGMA busy_timeout=0")
             try:
+                _set_waiting(self.conn, False)
                 result = fn(self.conn)
             except Exception:
                 if self.conn.in_transaction:
                     self.conn.execute("ROLLBACK")
                 return None
             finally:
-                self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-                self.conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+                try:
+                    _set_waiting(self.conn, True)
+                except sqlite3.Error as exc:  # `run` sets it again before its work
+                    log.warning("cannot restore the busy timeout of %s: %s", self.path, exc)
         finally:
             self.lock.release()
         self._done_here += 1
-        if self._done_here % CHECKPOINT_EVERY == 0 and self._checkpointing is None:
+        due = self._done_here % CHECKPOINT_EVERY == 0
+        if due and self._checkpointing is None and not self._closing:
             self._checkpointing = asyncio.create_task(self._checkpoint())
         return (result,)
 
@@ -165,13 +172,15 @@ class SqliteFile:
         """Copy the WAL into the file, on the thread."""
         try:
             await self.run(_checkpoint_wal)
-        except sqlite3.Error as exc:  # the next one may succeed; SQLite's own ones still run
+        except (sqlite3.Error, RuntimeError) as exc:  # the next one may succeed
             log.warning("checkpointing the WAL of %s failed: %s", self.path, exc)
         finally:
             self._checkpointing = None
 
     async def drain(self) -> None:
-        """Wait until every write submitted so far is committed, and the WAL checkpoint."""
+        """Before closing: wait until every write submitted so far is committed, and for
+        the WAL checkpoint under way; start no more checkpoints."""
+        self._closing = True
         await self._commits.drain()
         if self._checkpointing is not None:
             await asyncio.wait([self._checkpointing])
@@ -286,6 +295,13 @@ def _set_up_connection(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous=NORMAL")
 
 
+def _set_waiting(conn: sqlite3.Connection, waiting: bool) -> None:
+    """Let SQLite wait for other connections' locks, and checkpoint the WAL as it commits
+    (it flushes the disk); or, on the event loop, neither."""
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS if waiting else 0}")
+    conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if waiting else 0}")
+
+
 def _checkpoint_wal(conn: sqlite3.Connection) -> None:
     # PASSIVE: copies what no reader still needs, never waits for them.
     conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -332,7 +348,8 @@ class GroupCommitSqliteSaver(SqliteSaver):
     """LangGraph's SQLite checkpointer whose async methods go through a `SqliteFile`.
 
     Checkpoints and writes are serialized in the caller's task and committed with the
-    others of the moment; reads run on the file's thread. The sync methods are
+    others of the moment; a thread's latest checkpoint is read on the event loop when the
+    connection is free (`SqliteFile.try_here`), other reads on its thread. The sync methods are
     `SqliteSaver`'s own, on the same connection (it serializes them with a lock).
     Open it with `async with GroupCommitSqliteSaver.open(path, serde=...) as saver:`.
     """
@@ -450,7 +467,8 @@ class GroupCommitSqliteSaver(SqliteSaver):
 
 
 class SharedSqliteStore(SqliteStore):
-    """LangGraph's SQLite store whose async methods run on a `SqliteFile`'s thread.
+    """LangGraph's SQLite store whose async methods run on a `SqliteFile`: gets and puts by
+    key on the event loop when the connection is free (`try_here`), the rest on its thread.
 
     Open it with `async with SharedSqliteStore.open(path) as store:`; a runner's stats
     then share the connection of its checkpoints and queue.

@@ -12,8 +12,10 @@ it keeps alive, its walks stay short, and connections are reused.
 from __future__ import annotations
 
 import math
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -22,14 +24,17 @@ POOL_SIZE = 8
 
 
 class PooledTransport(httpx.AsyncBaseTransport):
-    """Several `httpx.AsyncHTTPTransport` pools of `pool_size` connections each.
+    """Several `httpx.AsyncHTTPTransport` pools of about `pool_size` connections each.
+
+    An httpx client given a transport no longer reads proxies from the environment: build
+    it with `PooledTransport.for_url(url)`, which does, for the one server it talks to.
 
     Args:
-        max_connections: Connections open at once, over all pools (httpx's default: 100);
-            a request beyond them waits for one, as in httpx.
+        max_connections: Connections open at once, over all pools (httpx's default: 100,
+            rounded up to whole pools); a request beyond them waits for one, as in httpx.
         pool_size: Connections per pool.
         keepalive_expiry: Seconds an idle connection stays open.
-        **kwargs: For each `httpx.AsyncHTTPTransport` (`verify`, `cert`, `retries`, ...).
+        **kwargs: For each `httpx.AsyncHTTPTransport` (`proxy`, `verify`, `cert`, ...).
     """
 
     def __init__(
@@ -46,13 +51,27 @@ class PooledTransport(httpx.AsyncBaseTransport):
                 f"and {pool_size}"
             )
         count = math.ceil(max_connections / pool_size)
-        size = math.ceil(max_connections / count)
         limits = httpx.Limits(
-            max_connections=size, max_keepalive_connections=size, keepalive_expiry=keepalive_expiry
+            max_connections=pool_size,
+            max_keepalive_connections=pool_size,
+            keepalive_expiry=keepalive_expiry,
+        )
+        # One TLS context for all pools: loading the CA certificates takes tens of ms each.
+        kwargs["verify"] = httpx.create_ssl_context(
+            verify=kwargs.get("verify", True),
+            cert=kwargs.pop("cert", None),
+            trust_env=kwargs.get("trust_env", True),
         )
         self.pools = [httpx.AsyncHTTPTransport(limits=limits, **kwargs) for _ in range(count)]
         #: Requests under way in each pool: sent, and their response not closed yet.
         self.in_flight = [0] * count
+
+    @classmethod
+    def for_url(cls, url: str, **kwargs: Any) -> PooledTransport:
+        """Return a transport for the server at `url`, through the proxy the environment
+        names for it (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, less `NO_PROXY`), as an
+        httpx client without a transport of its own would go."""
+        return cls(proxy=env_proxy(url), **kwargs)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         # The least busy pool; the first of equals, so calls one at a time reuse one connection.
@@ -95,3 +114,13 @@ class _Released(httpx.AsyncByteStream):
             await self._stream.aclose()
         finally:
             self._release()
+
+
+def env_proxy(url: str) -> str | None:
+    """Return the proxy the environment names for `url`, or None (none, or `NO_PROXY`)."""
+    proxies = urllib.request.getproxies_environment()
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+        return None
+    return proxy

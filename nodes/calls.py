@@ -101,7 +101,7 @@ async def call_model(
 
 
 def with_tools(client: Runnable[Any, Any], tools: Sequence[BaseTool]) -> Runnable[Any, Any]:
-    """Return `client` with `tools` bound, keeping what was bound to it (Ollama's options).
+    """Return `client` with `tools` bound, keeping what was bound to it (e.g. `stop`).
 
     Raises:
         TypeError: the client cannot call tools (it has no `bind_tools`).

@@ -19,7 +19,7 @@ from modelyard.configs import load_config
 from modelyard.configs import sqlite as sqlite_module
 from modelyard.configs.persistence import PersistenceError, open_checkpointer, open_store
 from modelyard.configs.schema import PersistenceSettings
-from modelyard.configs.sqlite import open_sqlite
+from modelyard.configs.sqlite import SharedSqliteStore, open_sqlite
 from modelyard.graphs.queue import open_task_queue
 from modelyard.nodes import StatsBook
 from modelyard.state import ModelCall
@@ -291,3 +291,24 @@ async def test_a_write_waits_on_the_thread_while_another_process_holds_the_file(
         other.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT k FROM t ORDER BY k").fetchall() == [(1,), (2,)]
+
+
+async def test_a_stats_put_waits_on_the_thread_while_another_process_holds_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "db.sqlite"
+    async with SharedSqliteStore.open(path) as store:
+        await store.aput(("ns",), "k", {"v": 1})  # on the loop: the file is free
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        put = asyncio.create_task(store.aput(("ns",), "k", {"v": 2}))
+        started = time.perf_counter()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert time.perf_counter() - started < 1.0
+        assert not put.done()
+        other.execute("ROLLBACK")
+        await asyncio.wait_for(put, 10)
+        other.close()
+        item = await store.aget(("ns",), "k")
+        assert item is not None and item.value == {"v": 2}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from modelyard.configs.transport import PooledTransport
+from modelyard.configs.transport import PooledTransport, env_proxy
 
 
 @dataclass
@@ -114,3 +114,23 @@ async def test_a_failed_request_is_released() -> None:
 def test_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PooledTransport(pool_size=0)
+
+
+async def test_for_url_goes_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    url = "http://model-server.invalid:11434"  # no such host: only the proxy can answer
+    async with http_server(delay=0) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        async with httpx.AsyncClient(transport=PooledTransport.for_url(url)) as client:
+            assert (await client.get(f"{url}/api/tags")).json() == {"ok": True}
+        assert proxy.connections == 1
+    assert env_proxy("https://api.openai.com/v1") is None  # HTTP_PROXY is for http only
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.example:3128")
+    assert env_proxy("https://api.openai.com/v1") == "http://proxy.example:3128"
+    monkeypatch.setenv("NO_PROXY", "model-server.invalid,api.openai.com")
+    assert env_proxy(url) is None
+    assert env_proxy("https://api.openai.com/v1") is None
