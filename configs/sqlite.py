@@ -106,6 +106,8 @@ class SqliteFile:
         with self.lock:
             try:
                 _set_waiting(self.conn, True)  # in case `try_here` could not put it back
+                if self.conn.in_transaction:  # nor roll back
+                    self.conn.execute("ROLLBACK")
                 return fn(self.conn)
             finally:
                 if self.conn.in_transaction:  # left open by a failure: it would block the rest
@@ -152,8 +154,11 @@ class SqliteFile:
                 _set_waiting(self.conn, False)
                 result = fn(self.conn)
             except Exception:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
+                try:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:  # `run` rolls back before its work
+                    log.warning("cannot roll back on %s: %s", self.path, exc)
                 return None
             finally:
                 try:
