@@ -83,7 +83,8 @@ class SqliteFile:
     """A sqlite3 connection to one file, with a thread of its own.
 
     `run(fn)` calls `fn(conn)` on that thread; `try_here(fn)` calls it on the event loop
-    when nothing can make it wait; `write(sql, rows)` adds statements to the next commit.
+    when nothing can make it wait, and `run_short(fn)` the one or else the other;
+    `write(sql, rows)` adds statements to the next commit.
     Get one with `async with open_sqlite(path, purpose=...) as db:`.
     """
 
@@ -132,6 +133,12 @@ class SqliteFile:
         if self.try_here(partial(_transaction, writes=batch)) is not None:
             return [None] * len(batch)
         return await self.run(partial(_commit, batch=batch))
+
+    async def run_short(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Return `fn(conn)` for short work: on the event loop when nothing makes it wait
+        (`try_here`), else on the connection's thread."""
+        done = self.try_here(fn)
+        return done[0] if done is not None else await self.run(fn)
 
     def try_here(self, fn: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
         """Return `(fn(conn),)` called right here, on the event loop, if nothing makes it wait.
@@ -384,8 +391,7 @@ class GroupCommitSqliteSaver(SqliteSaver):
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         # A thread's latest checkpoint (every run starts with it), or one by id: short.
-        done = self.db.try_here(lambda _conn: self.get_tuple(config))
-        return done[0] if done is not None else await self._call(self.get_tuple, config)
+        return await self.db.run_short(lambda _conn: self.get_tuple(config))
 
     async def alist(
         self,
@@ -500,7 +506,5 @@ class SharedSqliteStore(SqliteStore):
     async def abatch(self, ops: Iterable[Op]) -> list[Result]:
         todo = list(ops)
         if all(isinstance(op, GetOp | PutOp) for op in todo):  # by key: short
-            done = self.db.try_here(lambda _conn: self.batch(todo))
-            if done is not None:
-                return done[0]
+            return await self.db.run_short(lambda _conn: self.batch(todo))
         return await self.db.run(lambda _conn: self.batch(todo))

@@ -16,7 +16,7 @@ from support import CODING_MODEL, MODELYARD, REASONING_MODEL, config_text, write
 
 from modelyard.configs.persistence import open_checkpointer
 from modelyard.configs.schema import PersistenceSettings
-from modelyard.testing.server import Fault, LocalModelServer
+from modelyard.testing.server import Fault, LocalModelServer, RecordedRequest
 
 pytestmark = pytest.mark.cli
 
@@ -131,6 +131,12 @@ def test_a_failed_task_is_written_with_its_error_and_the_exit_code_says_so(
     assert [r["status"] for r in by_id.values()].count("completed") == 1
 
 
+def last_message(request: RecordedRequest) -> str:
+    """Return the text of a chat request's last message ("" when it has none)."""
+    messages = (request.body or {}).get("messages") or []
+    return str(messages[-1].get("content", "")) if messages else ""
+
+
 def implementing_now(server: LocalModelServer, within: float = 0.05) -> bool:
     """Return whether an implement request came in the last `within` s (its answer takes
     0.15 s): its task's plan was checkpointed before the request, its code is not yet."""
@@ -138,8 +144,8 @@ def implementing_now(server: LocalModelServer, within: float = 0.05) -> bool:
     for request in reversed(server.requests):
         if now - request.received_at >= within:
             return False
-        messages = (request.body or {}).get("messages") or []
-        if messages and not str(messages[-1].get("content", "")).startswith(PLAN_PROMPT):
+        text = last_message(request)
+        if text and not text.startswith(PLAN_PROMPT):
             return True
     return False
 
@@ -152,8 +158,7 @@ def steps_asked(server: LocalModelServer, task_ids: list[str]) -> dict[str, Coun
     """
     asked: dict[str, Counter[str]] = {"plan": Counter(), "implement": Counter()}
     for request in server.requests:
-        messages = (request.body or {}).get("messages") or []
-        text = str(messages[-1].get("content", "")) if messages else ""
+        text = last_message(request)
         step = "plan" if text.startswith(PLAN_PROMPT) else "implement"
         for task_id in task_ids:
             if f"job {task_id}." in text:

@@ -271,6 +271,15 @@ async def test_short_writes_commit_on_the_loop_and_the_wal_is_checkpointed_on_th
             assert settings[-1] == "PRAGMA wal_autocheckpoint=0"
 
 
+async def assert_loop_goes_on_while(waiting: asyncio.Task[None]) -> None:
+    """Check that the event loop runs on while `waiting` waits for another's lock."""
+    started = time.perf_counter()
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert time.perf_counter() - started < 1.0  # SQLite's busy wait would take 30 s
+    assert not waiting.done()
+
+
 async def test_a_write_waits_on_the_thread_while_another_process_holds_the_file(
     tmp_path: Path,
 ) -> None:
@@ -281,11 +290,7 @@ async def test_a_write_waits_on_the_thread_while_another_process_holds_the_file(
         other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would hold it
         other.execute("INSERT INTO t VALUES (1)")
         write = asyncio.create_task(db.write("INSERT INTO t VALUES (?)", [(2,)]))
-        started = time.perf_counter()
-        for _ in range(20):  # the event loop goes on while the write waits
-            await asyncio.sleep(0.01)
-        assert time.perf_counter() - started < 1.0  # SQLite's busy wait would take 30 s
-        assert not write.done()
+        await assert_loop_goes_on_while(write)
         other.execute("COMMIT")
         await asyncio.wait_for(write, 10)
         other.close()
@@ -302,11 +307,7 @@ async def test_a_stats_put_waits_on_the_thread_while_another_process_holds_the_f
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")
         put = asyncio.create_task(store.aput(("ns",), "k", {"v": 2}))
-        started = time.perf_counter()
-        for _ in range(20):
-            await asyncio.sleep(0.01)
-        assert time.perf_counter() - started < 1.0
-        assert not put.done()
+        await assert_loop_goes_on_while(put)
         other.execute("ROLLBACK")
         await asyncio.wait_for(put, 10)
         other.close()
