@@ -540,6 +540,11 @@ class RunnerSettings(_Strict):
     """When a task's checkpoints are written (LangGraph's `durability`): `sync` before each
     next step starts, so a step that completed is never run again after a crash; `async`
     while the next step runs (a crash can repeat the last step); `exit` only at the end."""
+    freeze_heap: bool = True
+    """While a runner (or distributed worker) runs, keep the garbage collector's full passes
+    off the objects alive when it started (`gc.freeze()`, undone at shutdown): a full pass
+    over a loaded interpreter stops the event loop for about 100 ms. Turn it off when the
+    application manages the collector itself."""
     heartbeat_seconds: float = Field(default=5.0, gt=0, le=3600)
     """Distributed workers (`modelyard worker`): how often each says it is alive."""
     stalled_after_seconds: float = Field(default=30.0, gt=0, le=86400)

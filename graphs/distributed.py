@@ -42,6 +42,7 @@ from modelyard.configs.persistence import (
 )
 from modelyard.configs.schema import PersistenceSettings
 from modelyard.configs.server_models import check_configured_models
+from modelyard.graphs.heap import frozen_heap
 from modelyard.graphs.queue import (
     FINISHED,
     UNFINISHED,
@@ -476,6 +477,7 @@ class DistributedWorker:
             store = await stack.enter_async_context(open_store(self.persistence))
             self.queue = DistributedTaskQueue(pool)
             self._graphs = compile_graphs(self._sources, self.config, saver, store)
+            stack.enter_context(frozen_heap(settings.freeze_heap))
             app.task(name=JOB_TASK, queue=JOB_QUEUE, pass_context=True)(self._run_job)
             recovery = asyncio.create_task(self._recover(app), name="modelyard-recovery")
             try:

@@ -15,10 +15,10 @@ from modelyard.nodes.review import (
     finish_review,
     implement_node,
     review_node,
+    review_route,
     revise_node,
 )
 from modelyard.routers import retry_policy
-from modelyard.routers.review import after_review
 from modelyard.state import InvalidTaskError, Step, TaskInput, TaskState, TaskType
 
 
@@ -73,7 +73,7 @@ def build_review_graph(
         add_model_step(builder, step, node, name=name, select=select, policy=policy)
     builder.add_node("finish", finish_review)
     builder.add_edge("implement", "select_reviewer")
-    builder.add_conditional_edges("review", after_review)
+    builder.add_conditional_edges("review", review_route)
     builder.add_edge("revise", "review")
     if post_completions:
         add_post_completions(builder, after="finish", config=config)

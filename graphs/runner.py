@@ -30,6 +30,7 @@ from modelyard.configs import ModelConfig, ModelyardConfig
 from modelyard.configs.persistence import open_checkpointer, open_store, postgres_pool
 from modelyard.configs.schema import PersistenceSettings
 from modelyard.configs.server_models import check_configured_models
+from modelyard.graphs.heap import frozen_heap
 from modelyard.graphs.lock import hold_runner_lock
 from modelyard.graphs.queue import FINISHED, QueuedTask, TaskQueue, open_task_queue
 from modelyard.graphs.run import BUILDERS, recursion_limit
@@ -271,6 +272,7 @@ class TaskRunner(Runner):
             saver = await stack.enter_async_context(open_checkpointer(self.persistence, pool=pool))
             store = await stack.enter_async_context(open_store(self.persistence))
             self._graphs = compile_graphs(self._sources, self.config, saver, store)
+            stack.enter_context(frozen_heap(self.config.runner.freeze_heap))
             self._ready = asyncio.PriorityQueue()
             for entry in await self.queue.unfinished():
                 self._enqueue(entry, callback=None)

@@ -77,8 +77,11 @@ async def fan_out(state: FanOutState) -> dict[str, Any]:
     }
 
 
-def send_branches(state: FanOutState) -> list[Send]:
-    """Send each branch to its own run of the `branch` node; they all run at once."""
+async def send_branches(state: FanOutState) -> list[Send]:
+    """Send each branch to its own run of the `branch` node; they all run at once.
+
+    Async so that LangGraph calls it on the event loop, not on a worker thread.
+    """
     return [
         Send("branch", BranchJob(index=index, branch=branch))
         for index, branch in enumerate(state["branches"])

@@ -28,6 +28,7 @@ from modelyard.routers.post_completion import next_post_step, post_steps
 from modelyard.state import (
     ModelCallError,
     ModelyardError,
+    PostCompletionProgress,
     PostCompletionResult,
     TaskEvent,
     TaskState,
@@ -149,8 +150,12 @@ async def record_post_failure(
     )
 
 
-def post_completion_route(
-    state: TaskState, runtime: Runtime[Context]
+async def post_completion_route(
+    state: PostCompletionProgress, runtime: Runtime[Context]
 ) -> Literal["post_complete", "__end__"]:
-    """Return `post_complete` while the task completed and a configured step has not run."""
+    """Return `post_complete` while the task completed and a configured step has not run.
+
+    Async only so that LangGraph calls it on the event loop: it runs a plain function on a
+    worker thread, two hand-offs per task for a lookup.
+    """
     return next_post_step(state, len(post_steps(runtime.context.models().config)))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from modelyard.nodes.work import StepReply, WorkNode, work_node
 from modelyard.routers.review import (
     EXPECTED_VERDICT,
     UnreadableVerdictError,
+    after_review,
     coder_model,
     format_comments,
     parse_verdict,
@@ -59,6 +60,15 @@ def revise_node() -> WorkNode:
     writes the new code to `implementation`, for the next round's review.
     """
     return work_node(Step.REVISE, values=_revise_values, model=coder_model, finish=_record_revision)
+
+
+async def review_route(state: TaskState) -> Literal["revise", "finish"]:
+    """Route after a review (`routers.review.after_review`): finish, or revise.
+
+    Async only so that LangGraph calls it on the event loop: it runs a plain function on a
+    worker thread, two hand-offs per round for a comparison.
+    """
+    return after_review(state)
 
 
 async def finish_review(state: TaskState) -> dict[str, Any]:

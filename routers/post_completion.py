@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal, NamedTuple
 
 from modelyard.configs.schema import ModelyardConfig, PostCompletion
-from modelyard.state import TaskState, TaskStatus
+from modelyard.state import PostCompletionProgress, TaskStatus
 
 
 class PostStep(NamedTuple):
@@ -22,7 +22,9 @@ def post_steps(config: ModelyardConfig) -> list[PostStep]:
     ]
 
 
-def next_post_step(state: TaskState, steps: int) -> Literal["post_complete", "__end__"]:
+def next_post_step(
+    state: PostCompletionProgress, steps: int
+) -> Literal["post_complete", "__end__"]:
     """Return `post_complete` while the task completed and a step of the `steps` has not run.
 
     A task that failed runs none; each step runs once, failed or not (its entry in

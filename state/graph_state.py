@@ -169,3 +169,14 @@ class TaskState(TypedDict, total=False):
     created_at: datetime
     started_at: datetime
     finished_at: datetime
+
+
+class PostCompletionProgress(TypedDict, total=False):
+    """The part of `TaskState` that says whether a post-completion step runs next.
+
+    The route after the last work node reads only these keys; LangGraph then copies two
+    channels for it instead of the whole state.
+    """
+
+    status: TaskStatus
+    post_completions: Annotated[list[PostCompletionResult], merge_post_completions]

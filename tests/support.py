@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from modelyard.configs import ModelRegistry, load_config
 from modelyard.configs.schema import PromptSettings
@@ -118,3 +123,32 @@ def run_modelyard(
     return subprocess.run(
         [MODELYARD, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
     )
+
+
+class RecordingExecutor(ThreadPoolExecutor):
+    """A thread pool that notes the name of every function handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.handed: list[str] = []
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        inner = fn
+        while isinstance(inner, partial):  # LangChain wraps it in a context's run
+            inner = inner.args[0] if inner.func.__name__ == "run" and inner.args else inner.func
+        code = getattr(inner, "__code__", None)
+        if code is not None and "func" in code.co_freevars:  # LangChain's run_in_executor
+            inner = inner.__closure__[code.co_freevars.index("func")].cell_contents
+        self.handed.append(getattr(inner, "__qualname__", repr(inner)))
+        return super().submit(fn, *args, **kwargs)
+
+
+def record_thread_handoffs() -> list[str]:
+    """Make the running loop's default executor record what it is given; return that record.
+
+    LangGraph and LangChain run every plain (not async) node, edge function and callback
+    handler on this executor: a hand-off to a thread and back for each call.
+    """
+    executor = RecordingExecutor()
+    asyncio.get_running_loop().set_default_executor(executor)
+    return executor.handed

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.store.memory import InMemoryStore
-from support import scripted_context, write_config
+from support import record_thread_handoffs, scripted_context, write_config
 
 from modelyard.configs import load_config
 from modelyard.configs.schema import RetrySettings
@@ -47,11 +47,13 @@ async def test_several_tasks_run_side_by_side_each_routed_to_its_model() -> None
             "tests": "Write pytest unit tests for a function f that doubles a number",
         }
     )
+    handed = record_thread_handoffs()
 
     results = await arun_fan_out(
         branches, context=scripted_context(reasoner, coder), store=InMemoryStore()
     )
 
+    assert handed == []  # the fan-out edge and the branches' graphs run on the event loop
     assert [(r.index, r.label, r.model, r.task_type) for r in results] == [
         (0, "analysis", "reasoner", "explanation"),
         (1, "tests", "coder", "code_generation"),

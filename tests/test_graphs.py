@@ -11,7 +11,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.memory import InMemoryStore
-from support import scripted_context
+from support import record_thread_handoffs, scripted_context
 
 from modelyard.configs import load_config
 from modelyard.configs.schema import RetrySettings
@@ -435,3 +435,19 @@ async def test_a_model_cooled_down_mid_task_is_handed_off_not_counted_as_failed(
     assert (handed.model, handed.calls, handed.handed_off) == ("coder", 1, True)
     excluded = state["selections"]["answer"].excluded["coder"]
     assert excluded.startswith("cooled down for")  # not "already failed for this task"
+
+
+async def test_a_task_through_the_route_graph_hands_nothing_to_a_worker_thread() -> None:
+    # A plain function as a node or edge runs on a worker thread: two hand-offs through a
+    # busy event loop, for a lookup. The route's edge after `answer` is async for that.
+    handed = record_thread_handoffs()
+    graph = build_route_graph(FAST).compile(checkpointer=InMemorySaver(), store=InMemoryStore())
+
+    state = await graph.ainvoke(
+        {"prompt": "Explain how a hash table works"},
+        {"configurable": {"thread_id": "no-threads"}},
+        context=scripted_context(),
+    )
+
+    assert state["status"] is TaskStatus.COMPLETED
+    assert handed == []

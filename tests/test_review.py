@@ -12,7 +12,7 @@ import pytest
 from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.store.memory import InMemoryStore
-from support import CODING_MODEL, scripted_context, write_config
+from support import CODING_MODEL, record_thread_handoffs, scripted_context, write_config
 
 from modelyard.configs import ModelRegistry, ModelyardConfig, load_config
 from modelyard.configs.schema import RetrySettings
@@ -224,10 +224,12 @@ async def test_approved_in_round_three_after_two_revisions(tmp_path: Path) -> No
         replies=[changes("handle None", "ignore case", "name it"), changes("ignore case"), APPROVE]
     )
     graph = build_review_graph(FAST).compile()
+    handed = record_thread_handoffs()
 
     state = await graph.ainvoke({"prompt": SORT}, context=three_models(tmp_path, coder, critic))
 
     assert state["status"] is TaskStatus.COMPLETED
+    assert handed == []  # the route after each review runs on the event loop
     assert state["result"] == state["implementation"] == version(3)
     assert state["assigned_model"] == "coder"
     rounds = state["rounds"]
