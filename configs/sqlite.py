@@ -181,9 +181,11 @@ class SqliteFile:
         return (result,)
 
     async def _checkpoint(self) -> None:
-        """Copy the WAL into the file, on the thread."""
+        """Copy the WAL into the file, on the thread but on a connection of its own: the
+        commits on the loop go on meanwhile (they would fall back to the thread and wait)."""
+        loop = asyncio.get_running_loop()
         try:
-            await self.run(_checkpoint_wal)
+            await loop.run_in_executor(self.thread, _checkpoint_apart, self.path)
         except (sqlite3.Error, RuntimeError) as exc:  # the next one may succeed
             log.warning("checkpointing the WAL of %s failed: %s", self.path, exc)
         finally:
@@ -314,9 +316,18 @@ def _set_waiting(conn: sqlite3.Connection, waiting: bool) -> None:
     conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT if waiting else 0}")
 
 
-def _checkpoint_wal(conn: sqlite3.Connection) -> None:
-    # PASSIVE: copies what no reader still needs, never waits for them.
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+def _checkpoint_apart(path: Path) -> None:
+    """Checkpoint the WAL of `path` on a connection opened for it.
+
+    PASSIVE copies what no reader still needs and waits for no reader or writer, so the
+    file's own connection commits while it runs.
+    """
+    conn = _connect(path)
+    try:
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    finally:
+        conn.close()
 
 
 def _commit(conn: sqlite3.Connection, batch: Sequence[_Write]) -> list[Exception | None]:

@@ -240,29 +240,40 @@ async def test_a_stats_update_whose_store_is_cancelled_does_not_hang() -> None:
         await asyncio.wait_for(book.record_success(call()), timeout=5)
 
 
-async def test_short_writes_commit_on_the_loop_and_the_wal_is_checkpointed_on_the_thread(
+async def test_short_writes_commit_on_the_loop_while_the_wal_is_checkpointed_on_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_module, "CHECKPOINT_EVERY", 5)
     seen: list[tuple[str, str]] = []
+    checkpoints: list[tuple[str, int]] = []  # (thread, bytes the file grew by)
+    real_checkpoint = sqlite_module._checkpoint_apart
+    committed_during: list[int] = []
+
+    def slow_checkpoint(path: Path) -> None:
+        size, before = path.stat().st_size, len([s for _, s in seen if s == "COMMIT"])
+        time.sleep(0.3)  # a checkpoint that flushes a slow disk
+        real_checkpoint(path)  # copies the rows from the WAL into the file
+        committed_during.append(len([s for _, s in seen if s == "COMMIT"]) - before)
+        checkpoints.append((threading.current_thread().name, path.stat().st_size - size))
 
     def trace(statement: str) -> None:
         seen.append((threading.current_thread().name, statement))
 
+    monkeypatch.setattr(sqlite_module, "_checkpoint_apart", slow_checkpoint)
     async with open_sqlite(tmp_path / "db.sqlite", purpose="test") as db:
-        await db.run(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+        await db.run(lambda conn: conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v)"))
         await db.run(lambda conn: conn.set_trace_callback(trace))
         for k in range(10):
-            await db.write("INSERT INTO t VALUES (?)", [(k,)])
+            await db.write("INSERT INTO t VALUES (?, ?)", [(k, "x" * 5000)])
+            await asyncio.sleep(0.02)
         await db.drain()
         await db.run(lambda conn: conn.set_trace_callback(None))
     loop_thread = threading.current_thread().name
     commits = [thread for thread, statement in seen if statement == "COMMIT"]
-    assert len(commits) == 10
-    # The first five at least; a write while the thread checkpoints goes to the thread.
-    assert commits[:5] == [loop_thread] * 5
-    checkpoints = [thread for thread, statement in seen if "wal_checkpoint(" in statement]
-    assert checkpoints and all(t.startswith("modelyard-sqlite") for t in checkpoints)
+    # Every commit on the loop, those during the checkpoint too: it has its own connection.
+    assert commits == [loop_thread] * 10
+    assert checkpoints and all(t.startswith("modelyard-sqlite") for t, _ in checkpoints)
+    assert checkpoints[0][1] > 0 and committed_during[0] > 0
     # SQLite's own checkpoint, which flushes the disk, is off for commits on the loop.
     on_the_loop = [statement for thread, statement in seen if thread == loop_thread]
     for at, statement in enumerate(on_the_loop):
