@@ -7,8 +7,9 @@ after the given delay. For each delay, five runs in this process call it with th
 ChatOllama client: the baseline (a bare `asyncio.Semaphore(workers)` loop); two bare LangGraph
 graphs on an in-memory checkpointer, one node (the answer) and three (two that only write a
 key, then the answer), driven by the same loop, to show what LangGraph itself costs; the
-runner with an in-memory checkpointer; and the runner with the default SQLite file. The
-graphs run with the heap frozen as the runner freezes it (`runner.freeze_heap`). Each run
+runner with an in-memory checkpointer; and the runner with the default SQLite file. Every
+run has the heap frozen as the runner freezes it (`runner.freeze_heap`), and the bare graphs
+write their checkpoints before each next step as the runner does (`durability="sync"`). Each run
 prints tasks/s, CPU milliseconds per task (this process only; the server's CPU is not
 counted) and peak memory above the start of the run. The last line is
 `throughput_ratio_vs_baseline: X`, the SQLite runner's tasks/s over the baseline's at the
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
@@ -112,7 +114,8 @@ async def baseline(registry: ModelRegistry, count: int, workers: int) -> None:
             client = registry.chat_model("reasoner")  # as the work node gets it (cached)
             await client.ainvoke([SystemMessage(SYSTEM), HumanMessage(prompt)])
 
-    await asyncio.gather(*(one(p) for p in prompts(count)))
+    with frozen_heap():  # as the runner runs
+        await asyncio.gather(*(one(p) for p in prompts(count)))
 
 
 class BareState(TypedDict, total=False):
@@ -155,7 +158,8 @@ async def through_graph(registry: ModelRegistry, nodes: int, count: int, workers
 
     async def one(n: int, prompt: str) -> None:
         async with gate:
-            await graph.ainvoke({"prompt": prompt}, {"configurable": {"thread_id": f"t{n}"}})
+            config: RunnableConfig = {"configurable": {"thread_id": f"t{n}"}}
+            await graph.ainvoke({"prompt": prompt}, config, durability="sync")
 
     with frozen_heap():
         await asyncio.gather(*(one(n, p) for n, p in enumerate(prompts(count))))

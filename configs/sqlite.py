@@ -285,7 +285,7 @@ async def _open(path: Path, *, purpose: str) -> AsyncIterator[SqliteFile]:
                 f"cannot open the {purpose} {str(path)!r}: {exc}. Set persistence.url in "
                 "the config to a writable file, `memory`, or a postgresql:// URL"
             ) from exc
-        db = SqliteFile(path, conn, thread)
+        db = SqliteFile(path.expanduser().resolve(), conn, thread)  # the same file after a chdir
         try:
             await db.set_up(_set_up_connection, purpose=purpose)
             yield db
@@ -322,7 +322,8 @@ def _checkpoint_apart(path: Path) -> None:
     PASSIVE copies what no reader still needs and waits for no reader or writer, so the
     file's own connection commits while it runs.
     """
-    conn = _connect(path)
+    # mode=rw: a file moved or deleted meanwhile is an error, not a new empty file.
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=SQLITE_BUSY_TIMEOUT)
     try:
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

@@ -252,8 +252,9 @@ class SqliteTaskQueue(SqlTaskQueue):
     async def save(self, task: Task) -> None:
         """Store the task in the file's next commit, which the saves of the moment share.
 
-        The file groups writes itself, so the save goes straight to it, without waiting a
-        turn of the event loop for the others (in order: a later save of a task wins).
+        The file groups writes itself, so the save goes straight to it instead of first
+        waiting a turn of the event loop to group the saves here (in order: a later save
+        of a task wins).
         """
         await self._execute(self._sql(_UPDATE), [_update_row(task)])
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import os
 import weakref
 from collections.abc import Iterator
 
 import pytest
 from support import scripted_context
 
+from modelyard.graphs import heap
 from modelyard.graphs.heap import frozen_heap
 from modelyard.graphs.runner import TaskRunner
 
@@ -29,8 +31,11 @@ def cycle() -> weakref.ref[Node]:
 
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
-    assert gc.get_freeze_count() == 0, "another test left the heap frozen"
+    """Start and end each test with nothing frozen, whatever an earlier test left."""
+    heap._holders, heap._owned = 0, False
+    gc.unfreeze()
     yield
+    heap._holders, heap._owned = 0, False
     gc.unfreeze()
 
 
@@ -52,11 +57,12 @@ def test_the_heap_is_frozen_inside_the_block_and_given_back_after() -> None:
 
 
 def test_runners_share_one_freeze_the_last_to_leave_ends_it() -> None:
+    # Frozen objects freed by their reference counts leave the count: it can only fall.
     with frozen_heap():
         frozen = gc.get_freeze_count()
         with frozen_heap():
-            assert gc.get_freeze_count() == frozen  # not frozen again
-        assert gc.get_freeze_count() == frozen  # the first holder still runs
+            assert 0 < gc.get_freeze_count() <= frozen  # not frozen again
+        assert 0 < gc.get_freeze_count() <= frozen  # the first holder still runs
     assert gc.get_freeze_count() == 0
 
 
@@ -65,9 +71,9 @@ def test_a_heap_the_application_froze_is_left_frozen() -> None:
     frozen = gc.get_freeze_count()
 
     with frozen_heap():
-        assert gc.get_freeze_count() == frozen
+        assert 0 < gc.get_freeze_count() <= frozen
 
-    assert gc.get_freeze_count() == frozen  # not ours to give back
+    assert 0 < gc.get_freeze_count() <= frozen  # not ours to give back
 
 
 @pytest.mark.parametrize("how", ["turned off", "collector disabled"])
@@ -80,6 +86,19 @@ def test_nothing_is_frozen_when_turned_off_or_the_collector_is_disabled(how: str
             assert gc.get_freeze_count() == 0
     finally:
         gc.enable()
+
+
+def test_a_forked_child_keeps_its_inherited_freeze_as_its_own() -> None:
+    with frozen_heap():
+        child = os.fork()
+        if child == 0:  # the child: no runner of its holds the freeze
+            code = 0 if heap._holders == 0 and gc.get_freeze_count() > 0 else 1
+            with frozen_heap():
+                pass
+            os._exit(code if gc.get_freeze_count() > 0 else 2)  # left frozen: its own
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert heap._holders == 1  # the parent's runner still holds it
 
 
 @pytest.mark.parametrize("freeze", [True, False])

@@ -270,7 +270,8 @@ async def test_short_writes_commit_on_the_loop_while_the_wal_is_checkpointed_on_
         await db.run(lambda conn: conn.set_trace_callback(None))
     loop_thread = threading.current_thread().name
     commits = [thread for thread, statement in seen if statement == "COMMIT"]
-    # Every commit on the loop, those during the checkpoint too: it has its own connection.
+    # Every commit on the loop, those made while the checkpoint ran too: it has a connection
+    # of its own and leaves the file's lock alone.
     assert commits == [loop_thread] * 10
     assert checkpoints and all(t.startswith("modelyard-sqlite") for t, _ in checkpoints)
     assert checkpoints[0][1] > 0 and committed_during[0] > 0
