@@ -155,7 +155,7 @@ async def post_completion_route(
 ) -> Literal["post_complete", "__end__"]:
     """Return `post_complete` while the task completed and a configured step has not run.
 
-    Async only so that LangGraph calls it on the event loop: it runs a plain function on a
-    worker thread, two hand-offs per task for a lookup.
+    Async only so that LangGraph calls it on the event loop: LangGraph runs a plain edge
+    function on a worker thread, two hand-offs through the loop per task for a lookup.
     """
     return next_post_step(state, len(post_steps(runtime.context.models().config)))

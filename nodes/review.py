@@ -65,8 +65,8 @@ def revise_node() -> WorkNode:
 async def review_route(state: TaskState) -> Literal["revise", "finish"]:
     """Route after a review (`routers.review.after_review`): finish, or revise.
 
-    Async only so that LangGraph calls it on the event loop: it runs a plain function on a
-    worker thread, two hand-offs per round for a comparison.
+    Async only so that LangGraph calls it on the event loop: LangGraph runs a plain edge
+    function on a worker thread, two hand-offs through the loop per round for a comparison.
     """
     return after_review(state)
 
