@@ -92,10 +92,15 @@ def test_a_forked_child_keeps_its_inherited_freeze_as_its_own() -> None:
     with frozen_heap():
         child = os.fork()
         if child == 0:  # the child: no runner of its holds the freeze
-            code = 0 if heap._holders == 0 and gc.get_freeze_count() > 0 else 1
-            with frozen_heap():
-                pass
-            os._exit(code if gc.get_freeze_count() > 0 else 2)  # left frozen: its own
+            code = 3  # whatever happens here, the child must not go on running the tests
+            try:
+                code = 0 if heap._holders == 0 and gc.get_freeze_count() > 0 else 1
+                with frozen_heap():
+                    pass
+                if gc.get_freeze_count() == 0:  # it gave back a freeze it did not make
+                    code = 2
+            finally:
+                os._exit(code)
         _, status = os.waitpid(child, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert heap._holders == 1  # the parent's runner still holds it
