@@ -33,17 +33,17 @@ class Batches(Generic[ItemT, ResultT]):
         self._waiting: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
         self._handling: asyncio.Task[None] | None = None
 
-    async def submit(self, item: ItemT) -> ResultT:
-        """Put `item` in the next batch; return its result once that batch is handled.
+    def submit(self, item: ItemT) -> asyncio.Future[ResultT]:
+        """Put `item` in the next batch; return a future of its result, set once that batch
+        is handled (awaiting the future itself costs no task of its own).
 
-        Raises:
-            Exception: what the item, or its whole batch, failed with.
+        The future raises what the item, or its whole batch, failed with.
         """
         done: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, done))
         if self._handling is None:
             self._handling = asyncio.create_task(self._handle_waiting())
-        return await done
+        return done
 
     async def drain(self) -> None:
         """Wait until every item submitted so far is handled."""

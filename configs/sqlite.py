@@ -115,8 +115,8 @@ class SqliteFile:
                     log.warning("rolling back a transaction left open on %s", self.path)
                     self.conn.execute("ROLLBACK")
 
-    async def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        """Run `sql` once per row, in the next commit; return when that commit is done.
+    def write(self, sql: str, rows: Sequence[Sequence[Any]]) -> asyncio.Future[None]:
+        """Run `sql` once per row, in the next commit; return a future done with that commit.
 
         Writes made while a commit runs share the one after it. A write that breaks a
         constraint, or whose values cannot be stored, fails alone: the others of its commit
@@ -124,10 +124,10 @@ class SqliteFile:
         disk full) fails them all. A caller cancelled while it waits does not take its write
         back: it may still land.
 
-        Raises:
-            sqlite3.Error: the write failed (or what binding its values raised).
+        The future raises `sqlite3.Error` when the write failed (or what binding its values
+        raised).
         """
-        await self._commits.submit(_Write(sql, rows))
+        return self._commits.submit(_Write(sql, rows))
 
     async def _commit(self, batch: list[_Write]) -> list[Exception | None]:
         if self.try_here(partial(_transaction, writes=batch)) is not None:

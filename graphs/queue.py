@@ -53,8 +53,13 @@ class TaskQueue(ABC):
         """Store new tasks as submitted; return those stored (ids already known are skipped)."""
 
     @abstractmethod
-    async def save(self, task: Task) -> None:
-        """Store a task's new status, history and result."""
+    def save(self, task: Task) -> asyncio.Future[None]:
+        """Start storing a task's new status, history and result; return a future done
+        once it is stored (it raises what the save failed with).
+
+        The save goes on when its caller stops waiting (cancelling the future does not take
+        it back).
+        """
 
     @abstractmethod
     async def get(self, task_ids: Iterable[str]) -> dict[str, QueuedTask]:
@@ -89,8 +94,11 @@ class MemoryTaskQueue(TaskQueue):
                 added.append(entry)
         return added
 
-    async def save(self, task: Task) -> None:
+    def save(self, task: Task) -> asyncio.Future[None]:
         self._entries[task.id].task = task
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stored.set_result(None)  # awaited, a done future does not wait for the event loop
+        return stored
 
     async def get(self, task_ids: Iterable[str]) -> dict[str, QueuedTask]:
         return {i: self._entries[i] for i in task_ids if i in self._entries}
@@ -183,12 +191,12 @@ class SqlTaskQueue(TaskQueue):
             await self._execute(self._sql(sql), rows)
         return added
 
-    async def save(self, task: Task) -> None:
+    def save(self, task: Task) -> asyncio.Future[None]:
         """Store the task; saves made at the same moment share one transaction."""
         self._unsaved[task.id] = task
         if self._flush is None:
             self._flush = asyncio.ensure_future(self._save_unsaved())
-        await asyncio.shield(self._flush)
+        return asyncio.shield(self._flush)  # one caller's cancellation stops no one's save
 
     async def _save_unsaved(self) -> None:
         await asyncio.sleep(0)  # let the other workers' saves of this moment join in
@@ -249,14 +257,14 @@ class SqliteTaskQueue(SqlTaskQueue):
     async def _execute(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         await self.db.write(sql, rows)
 
-    async def save(self, task: Task) -> None:
+    def save(self, task: Task) -> asyncio.Future[None]:
         """Store the task in the file's next commit, which the saves of the moment share.
 
         The file groups writes itself, so the save goes straight to it instead of first
         waiting a turn of the event loop to group the saves here (in order: a later save
         of a task wins).
         """
-        await self._execute(self._sql(_UPDATE), [_update_row(task)])
+        return self.db.write(self._sql(_UPDATE), [_update_row(task)])
 
     async def _fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return await self.db.run(lambda conn: [tuple(row) for row in conn.execute(sql, params)])

@@ -656,6 +656,37 @@ async def test_submit_many_adds_a_batch_once(tmp_path: Path) -> None:
     assert sorted(answered(model)) == ["item 0", "item 1", "item 2"]
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_a_status_save_costs_the_event_loop_no_task_of_its_own(
+    backend: str, tmp_path: Path
+) -> None:
+    # Every task's status is saved twice on its way; a save that is a coroutine needs a task
+    # of its own (the runner shields it), and each task waits turns of the busy loop.
+    url = "memory" if backend == "memory" else str(tmp_path / "db.sqlite")
+    async with open_task_queue(PersistenceSettings(url=url)) as queue:
+        task = Task(prompt="save me")
+        await queue.add([QueuedTask(task, "route")])
+        created: list[str] = []
+        loop = asyncio.get_running_loop()
+
+        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+            created.append(coro.__qualname__)
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(counting)
+        try:
+            saving = queue.save(task.model_copy(update={"status": TaskStatus.RUNNING}))
+            assert isinstance(saving, asyncio.Future)
+            assert saving.done() is (backend == "memory")  # nothing to wait for in memory
+            await asyncio.shield(saving)  # as the runner waits: no task for a future
+        finally:
+            loop.set_task_factory(None)
+        # SQLite: only the file's commit, which the saves of the moment share.
+        assert created == ([] if backend == "memory" else ["Batches._handle_waiting"])
+        stored = await queue.get([task.id])
+        assert stored[task.id].task.status is TaskStatus.RUNNING
+
+
 # --- 7. resume from a checkpoint ----------------------------------------------------------
 
 

@@ -283,7 +283,7 @@ async def test_short_writes_commit_on_the_loop_while_the_wal_is_checkpointed_on_
             assert settings[-1] == "PRAGMA wal_autocheckpoint=0"
 
 
-async def assert_loop_goes_on_while(waiting: asyncio.Task[None]) -> None:
+async def assert_loop_goes_on_while(waiting: asyncio.Future[Any]) -> None:
     """Check that the event loop runs on while `waiting` waits for another's lock."""
     started = time.perf_counter()
     for _ in range(20):
@@ -301,7 +301,7 @@ async def test_a_write_waits_on_the_thread_while_another_process_holds_the_file(
         other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")  # the write lock, as another process would hold it
         other.execute("INSERT INTO t VALUES (1)")
-        write = asyncio.create_task(db.write("INSERT INTO t VALUES (?)", [(2,)]))
+        write = db.write("INSERT INTO t VALUES (?)", [(2,)])
         await assert_loop_goes_on_while(write)
         other.execute("COMMIT")
         await asyncio.wait_for(write, 10)
