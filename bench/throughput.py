@@ -1,6 +1,6 @@
 """Throughput of the task runner against a bare `asyncio.Semaphore` loop on the same server.
 
-Run: `python bench/throughput.py [--tasks 2000] [--workers 64] [--delays 0.5,0.05]`.
+Run: `python bench/throughput.py [--tasks 2000] [--workers 64] [--delays 0.5,0.05] [--rounds 3]`.
 
 The local protocol server runs in a process of its own and answers every chat request
 after the given delay. For each delay, five runs in this process call it with the same
@@ -9,19 +9,24 @@ graphs on an in-memory checkpointer, one node (the answer) and three (two that o
 key, then the answer), driven by the same loop, to show what LangGraph itself costs; the
 runner with an in-memory checkpointer; and the runner with the default SQLite file. Every
 run has the heap frozen as the runner freezes it (`runner.freeze_heap`), and the bare graphs
-write their checkpoints before each next step as the runner does (`durability="sync"`). Each run
-prints tasks/s, CPU milliseconds per task (this process only; the server's CPU is not
-counted) and peak memory above the start of the run. The last line is
-`throughput_ratio_vs_baseline: X`, the SQLite runner's tasks/s over the baseline's at the
-first delay (target: >= 0.9).
+write their checkpoints before each next step as the runner does (`durability="sync"`).
+
+The five runs are made `--rounds` times, in turn, forwards then backwards, each of all the
+tasks: this machine's speed drifts by as much as two to one within minutes, and a run
+compared only with the baseline of its own round, minutes apart at most, is compared on
+the same machine. A row's ratio is the median of its rounds' ratios; its tasks/s, CPU
+milliseconds per task (this process only; the server's CPU is not counted) and peak memory
+above the start of a run are over all its rounds. The last line is
+`throughput_ratio_vs_baseline: X`, the SQLite runner's ratio at the first delay (target:
+>= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -176,50 +181,73 @@ async def through_runner(context: Context, url: str, count: int, workers: int) -
         raise SystemExit(f"runner on {url}: only {counts} of {count} tasks completed")
 
 
-async def run_delay(delay: float, count: int, workers: int, folder: Path) -> list[Result]:
+@dataclass
+class Row:
+    """One run's rounds, and its ratio to the baseline of each round."""
+
+    name: str
+    rounds: list[Result]
+    ratios: list[float]
+
+    @property
+    def total(self) -> Result:
+        rounds = self.rounds
+        return Result(
+            self.name,
+            sum(r.seconds for r in rounds),
+            sum(r.cpu_seconds for r in rounds),
+            max(r.peak_mb for r in rounds),
+            sum(r.tasks for r in rounds),
+        )
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+
+async def run_delay(delay: float, count: int, workers: int, rounds: int, folder: Path) -> list[Row]:
+    """Make the five runs at `delay`, `rounds` times in turn; return them by run."""
     server, url = start_server(delay)
     try:
         context = Context(config=load_config_text(CONFIG.format(url=url)))
         registry = context.models()
+        databases = (folder / f"bench-{delay}-{n}.db" for n in range(rounds))
+        runs: dict[str, Callable[[], Awaitable[None]]] = {
+            "baseline": lambda: baseline(registry, count, workers),
+            "langgraph, 1 node": lambda: through_graph(registry, 1, count, workers),
+            "langgraph, 3 nodes": lambda: through_graph(registry, 3, count, workers),
+            "runner, memory": lambda: through_runner(context, "memory", count, workers),
+            "runner, sqlite": lambda: through_runner(context, str(next(databases)), count, workers),
+        }
         await baseline(registry, min(count, 2 * workers), workers)  # warm up client and server
-        results = [await measure("baseline", count, lambda: baseline(registry, count, workers))]
-        for nodes in (1, 3):
-            results.append(
-                await measure(
-                    f"langgraph, {nodes} node{'s' * (nodes > 1)}",
-                    count,
-                    functools.partial(through_graph, registry, nodes, count, workers),
-                )
-            )
-        results.append(
-            await measure(
-                "runner, memory",
-                count,
-                lambda: through_runner(context, "memory", count, workers),
-            )
-        )
-        database = folder / f"bench-{delay}.db"
-        results.append(
-            await measure(
-                "runner, sqlite",
-                count,
-                lambda: through_runner(context, str(database), count, workers),
-            )
-        )
-        return results
+        results: dict[str, list[Result]] = {name: [] for name in runs}
+        for n in range(rounds):
+            for name in list(runs) if n % 2 == 0 else list(runs)[::-1]:
+                results[name].append(await measure(name, count, runs[name]))
+        base = results["baseline"]
+        return [
+            Row(name, done, [r.rate / b.rate for r, b in zip(done, base, strict=True)])
+            for name, done in results.items()
+        ]
     finally:
         server.terminate()
         server.wait()
 
 
-def print_table(delay: float, workers: int, results: list[Result]) -> None:
-    base = results[0]
-    print(f"\nserver delay {delay * 1000:.0f} ms, {workers} workers, {base.tasks} tasks")
-    print(f"{'run':<19}{'seconds':>9}{'tasks/s':>10}{'ratio':>8}{'CPU ms/task':>13}{'peak MB':>9}")
-    for r in results:
+def print_table(delay: float, workers: int, rows: list[Row]) -> None:
+    count, rounds = rows[0].rounds[0].tasks, len(rows[0].rounds)
+    heading = f"server delay {delay * 1000:.0f} ms, {workers} workers, {count} tasks"
+    print(f"\n{heading}, {rounds} round{'s' * (rounds > 1)}")
+    print(
+        f"{'run':<19}{'seconds':>9}{'tasks/s':>10}{'ratio':>8}{'CPU ms/task':>13}"
+        f"{'peak MB':>9}  ratio by round"
+    )
+    for row in rows:
+        r = row.total
+        by_round = " ".join(f"{ratio:.3f}" for ratio in row.ratios)
         print(
-            f"{r.name:<19}{r.seconds:>9.2f}{r.rate:>10.1f}{r.rate / base.rate:>8.3f}"
-            f"{r.cpu_ms:>13.2f}{r.peak_mb:>9.1f}"
+            f"{r.name:<19}{r.seconds:>9.2f}{r.rate:>10.1f}{row.ratio:>8.3f}"
+            f"{r.cpu_ms:>13.2f}{r.peak_mb:>9.1f}  {by_round}"
         )
 
 
@@ -228,18 +256,21 @@ async def main() -> None:
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--delays", default="0.5,0.05", help="server delays in seconds")
+    parser.add_argument("--rounds", type=int, default=3, help="times each run is made")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     delays = [float(d) for d in args.delays.split(",")]
-    first: list[Result] = []
+    first: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as folder:
         for delay in delays:
-            results = await run_delay(delay, args.tasks, args.workers, Path(folder))
-            print_table(delay, args.workers, results)
-            first = first or results
-    base, _, three_nodes, memory, sqlite = first
-    print(f"\nlanggraph_3_nodes_ratio_vs_baseline: {three_nodes.rate / base.rate:.3f}")
-    print(f"in_memory_ratio_vs_baseline: {memory.rate / base.rate:.3f}")
-    print(f"throughput_ratio_vs_baseline: {sqlite.rate / base.rate:.3f}")
+            rows = await run_delay(delay, args.tasks, args.workers, args.rounds, Path(folder))
+            print_table(delay, args.workers, rows)
+            first = first or rows
+    _, _, three_nodes, memory, sqlite = first
+    print(f"\nlanggraph_3_nodes_ratio_vs_baseline: {three_nodes.ratio:.3f}")
+    print(f"in_memory_ratio_vs_baseline: {memory.ratio:.3f}")
+    print(f"throughput_ratio_vs_baseline: {sqlite.ratio:.3f}")
 
 
 if __name__ == "__main__":
