@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python bench/adaptation.py
 	$(BIN)/python bench/chaos.py
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/turns.py
 	$(BIN)/python bench/classify.py
 	$(BIN)/python bench/distributed.py
 

@@ -1,0 +1,146 @@
+"""Turns of the event loop one task takes: a model call, bare LangGraph graphs, the route graph,
+the task runner.
+
+Run: `python bench/turns.py`.
+
+Under load every turn of the event loop a task waits for costs it the time the loop takes to
+run everything else that is ready, so the turns on a task's way are much of what it waits
+for beyond the model. They are counts, not times: this machine's drift does not touch them.
+Each run is one task at a time on a scripted model, in memory unless it says SQLite, with
+`durability="sync"` as the runner has it; the third of three tasks is counted, after the
+first two set up clients, tables and caches. The last line is `runner_turns_in_memory: N`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.store.memory import InMemoryStore
+from typing_extensions import TypedDict
+
+from modelyard.configs import ModelRegistry, load_config
+from modelyard.configs.persistence import open_checkpointer, open_store
+from modelyard.configs.schema import PersistenceSettings
+from modelyard.graphs import build_route_graph
+from modelyard.graphs.runner import TaskRunner
+from modelyard.nodes import Context
+from modelyard.state import Task, TaskType
+from modelyard.state.serde import checkpoint_serializer
+from modelyard.testing.scripted import ScriptedChatModel
+
+PROMPT = "Explain how a hash map handles collisions"
+SYSTEM = "You are a careful reasoning assistant."
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts its turns (asyncio's `_run_once`: one pass over what is ready)."""
+
+    turns = 0
+
+    def _run_once(self) -> None:
+        self.turns += 1
+        super()._run_once()  # type: ignore[misc]
+
+
+class BareState(TypedDict, total=False):
+    prompt: str
+    task_type: str
+    model: str
+    result: str
+
+
+def bare_graph(model: ScriptedChatModel, nodes: int) -> Any:
+    """A plain LangGraph graph: up to two nodes that only write a key, then the answer."""
+
+    async def classify(state: BareState) -> BareState:
+        return {"task_type": "explanation"}
+
+    async def select(state: BareState) -> BareState:
+        return {"model": "reasoner"}
+
+    async def answer(state: BareState) -> BareState:
+        reply = await model.ainvoke([SystemMessage(SYSTEM), HumanMessage(state["prompt"])])
+        return {"result": str(reply.content)}
+
+    steps = [*[("classify", classify), ("select", select)][: nodes - 1], ("answer", answer)]
+    builder = StateGraph(BareState)
+    previous = START
+    for name, node in steps:
+        builder.add_node(name, node)
+        builder.add_edge(previous, name)
+        previous = name
+    builder.add_edge(previous, END)
+    return builder.compile(checkpointer=InMemorySaver())
+
+
+async def count_turns(run: Callable[[int], Awaitable[Any]]) -> int:
+    """Return the turns the third of three runs of `run(n)` took."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, CountingLoop)
+    for n in range(3):
+        started = loop.turns
+        await run(n)
+    return loop.turns - started
+
+
+async def main() -> dict[str, int]:
+    model = ScriptedChatModel(replies=["Chaining, or open addressing."])
+    config = load_config("default")
+    context = Context(registry=ModelRegistry(config, clients={"coder": model, "reasoner": model}))
+    messages = [SystemMessage(SYSTEM), HumanMessage(PROMPT)]
+    task_input = {"prompt": PROMPT, "task_type": "explanation"}
+    counts: dict[str, int] = {}
+
+    def threaded(graph: Any, prefix: str) -> Callable[[int], Awaitable[Any]]:
+        def run(n: int) -> Awaitable[Any]:
+            config = {"configurable": {"thread_id": f"{prefix}{n}"}}
+            return graph.ainvoke(  # type: ignore[no-any-return]
+                {"prompt": PROMPT} if prefix == "bare" else task_input,
+                config,
+                context=context,
+                durability="sync",
+            )
+
+        return run
+
+    counts["model call alone"] = await count_turns(lambda _: model.ainvoke(messages))
+    for nodes in (1, 3):
+        name = f"langgraph, {nodes} node{'s' * (nodes > 1)}"
+        counts[name] = await count_turns(threaded(bare_graph(model, nodes), "bare"))
+    for name, post in (("route graph", True), ("route graph, no post-completion", False)):
+        graph = build_route_graph(config, post_completions=post).compile(
+            checkpointer=InMemorySaver(serde=checkpoint_serializer()), store=InMemoryStore()
+        )
+        counts[name] = await count_turns(threaded(graph, "route"))
+    with tempfile.TemporaryDirectory(prefix="modelyard-turns-") as folder:
+        settings = PersistenceSettings(url=str(Path(folder) / "route.db"))
+        async with open_checkpointer(settings) as saver, open_store(settings) as store:
+            graph = build_route_graph(config).compile(checkpointer=saver, store=store)
+            counts["route graph, sqlite"] = await count_turns(threaded(graph, "route"))
+        for name, url in (("runner, memory", "memory"), ("runner, sqlite", f"{folder}/q.db")):
+            async with TaskRunner(
+                context=context, workers=1, persistence=url, check_models=False
+            ) as runner:
+
+                async def one(_: int) -> None:
+                    task = await runner.submit(Task(prompt=PROMPT, task_type=TaskType.EXPLANATION))
+                    await runner.wait(task.id)
+
+                counts[name] = await count_turns(one)
+    return counts
+
+
+if __name__ == "__main__":
+    with asyncio.Runner(loop_factory=CountingLoop) as runner:
+        counts = runner.run(main())
+    print(f"{'run':<34}{'turns':>6}")
+    for name, turns in counts.items():
+        print(f"{name:<34}{turns:>6}")
+    print(f"\nrunner_turns_in_memory: {counts['runner, memory']}")
