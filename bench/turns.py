@@ -21,9 +21,8 @@ from typing import Any
 
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import END, START, StateGraph
 from langgraph.store.memory import InMemoryStore
-from typing_extensions import TypedDict
+from throughput import SYSTEM, bare_graph
 
 from modelyard.configs import ModelRegistry, load_config
 from modelyard.configs.persistence import open_checkpointer, open_store
@@ -36,7 +35,6 @@ from modelyard.state.serde import checkpoint_serializer
 from modelyard.testing.scripted import ScriptedChatModel
 
 PROMPT = "Explain how a hash map handles collisions"
-SYSTEM = "You are a careful reasoning assistant."
 
 
 class CountingLoop(asyncio.SelectorEventLoop):
@@ -47,37 +45,6 @@ class CountingLoop(asyncio.SelectorEventLoop):
     def _run_once(self) -> None:
         self.turns += 1
         super()._run_once()  # type: ignore[misc]
-
-
-class BareState(TypedDict, total=False):
-    prompt: str
-    task_type: str
-    model: str
-    result: str
-
-
-def bare_graph(model: ScriptedChatModel, nodes: int) -> Any:
-    """A plain LangGraph graph: up to two nodes that only write a key, then the answer."""
-
-    async def classify(state: BareState) -> BareState:
-        return {"task_type": "explanation"}
-
-    async def select(state: BareState) -> BareState:
-        return {"model": "reasoner"}
-
-    async def answer(state: BareState) -> BareState:
-        reply = await model.ainvoke([SystemMessage(SYSTEM), HumanMessage(state["prompt"])])
-        return {"result": str(reply.content)}
-
-    steps = [*[("classify", classify), ("select", select)][: nodes - 1], ("answer", answer)]
-    builder = StateGraph(BareState)
-    previous = START
-    for name, node in steps:
-        builder.add_node(name, node)
-        builder.add_edge(previous, name)
-        previous = name
-    builder.add_edge(previous, END)
-    return builder.compile(checkpointer=InMemorySaver())
 
 
 async def count_turns(run: Callable[[int], Awaitable[Any]]) -> int:
@@ -113,7 +80,7 @@ async def main() -> dict[str, int]:
     counts["model call alone"] = await count_turns(lambda _: model.ainvoke(messages))
     for nodes in (1, 3):
         name = f"langgraph, {nodes} node{'s' * (nodes > 1)}"
-        counts[name] = await count_turns(threaded(bare_graph(model, nodes), "bare"))
+        counts[name] = await count_turns(threaded(bare_graph(context.models(), nodes), "bare"))
     for name, post in (("route graph", True), ("route graph, no post-completion", False)):
         graph = build_route_graph(config, post_completions=post).compile(
             checkpointer=InMemorySaver(serde=checkpoint_serializer()), store=InMemoryStore()
