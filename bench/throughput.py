@@ -1,6 +1,7 @@
 """Throughput of the task runner against a bare `asyncio.Semaphore` loop on the same server.
 
-Run: `python bench/throughput.py [--tasks 2000] [--workers 64] [--delays 0.5,0.05] [--rounds 3]`.
+Run: `python bench/throughput.py [--tasks 2000] [--workers 64] [--delays 0.5,0.05] [--rounds 3]
+[--runs baseline,memory,sqlite]`.
 
 The local protocol server runs in a process of its own and answers every chat request
 after the given delay. For each delay, five runs in this process call it with the same
@@ -11,14 +12,16 @@ runner with an in-memory checkpointer; and the runner with the default SQLite fi
 run has the heap frozen as the runner freezes it (`runner.freeze_heap`), and the bare graphs
 write their checkpoints before each next step as the runner does (`durability="sync"`).
 
-The five runs are made `--rounds` times, in turn, forwards then backwards, each of all the
-tasks: this machine's speed drifts by as much as two to one within minutes, and a run
-compared only with the baseline of its own round, minutes apart at most, is compared on
-the same machine. A row's ratio is the median of its rounds' ratios; its tasks/s, CPU
-milliseconds per task (this process only; the server's CPU is not counted) and peak memory
-above the start of a run are over all its rounds. The last line is
-`throughput_ratio_vs_baseline: X`, the SQLite runner's ratio at the first delay (target:
->= 0.9).
+The runs are made `--rounds` times, in turn, forwards then backwards, each of all the
+tasks: this machine's speed drifts by as much as two to one within minutes, so a run is
+compared only with the baseline of its own round, a few minutes from it at most, and a
+slow spell no longer hits only the runs after it. A row's ratio is the median of its
+rounds' ratios; its seconds, tasks/s and CPU milliseconds per task (this process only; the
+server's CPU is not counted) are over all its rounds together, its peak memory (above the
+start of a run) the highest of its rounds'. `--runs` makes some of the runs only (by the
+short names baseline, graph1, graph3, memory, sqlite; the baseline always). The last lines
+give the ratios at the first delay; the very last, `throughput_ratio_vs_baseline: X`, the
+SQLite runner's (target: >= 0.9).
 """
 
 from __future__ import annotations
@@ -205,20 +208,33 @@ class Row:
         return statistics.median(self.ratios)
 
 
-async def run_delay(delay: float, count: int, workers: int, rounds: int, folder: Path) -> list[Row]:
-    """Make the five runs at `delay`, `rounds` times in turn; return them by run."""
+#: The runs by their short names (`--runs`), in the order they are made.
+RUNS = {
+    "baseline": "baseline",
+    "graph1": "langgraph, 1 node",
+    "graph3": "langgraph, 3 nodes",
+    "memory": "runner, memory",
+    "sqlite": "runner, sqlite",
+}
+
+
+async def run_delay(
+    delay: float, count: int, workers: int, rounds: int, folder: Path, chosen: set[str]
+) -> list[Row]:
+    """Make the `chosen` runs at `delay`, `rounds` times in turn; return them by run."""
     server, url = start_server(delay)
     try:
         context = Context(config=load_config_text(CONFIG.format(url=url)))
         registry = context.models()
         databases = (folder / f"bench-{delay}-{n}.db" for n in range(rounds))
-        runs: dict[str, Callable[[], Awaitable[None]]] = {
+        every: dict[str, Callable[[], Awaitable[None]]] = {
             "baseline": lambda: baseline(registry, count, workers),
             "langgraph, 1 node": lambda: through_graph(registry, 1, count, workers),
             "langgraph, 3 nodes": lambda: through_graph(registry, 3, count, workers),
             "runner, memory": lambda: through_runner(context, "memory", count, workers),
             "runner, sqlite": lambda: through_runner(context, str(next(databases)), count, workers),
         }
+        runs = {name: run for name, run in every.items() if name in chosen}
         await baseline(registry, min(count, 2 * workers), workers)  # warm up client and server
         results: dict[str, list[Result]] = {name: [] for name in runs}
         for n in range(rounds):
@@ -237,7 +253,7 @@ async def run_delay(delay: float, count: int, workers: int, rounds: int, folder:
 def print_table(delay: float, workers: int, rows: list[Row]) -> None:
     count, rounds = rows[0].rounds[0].tasks, len(rows[0].rounds)
     heading = f"server delay {delay * 1000:.0f} ms, {workers} workers, {count} tasks"
-    print(f"\n{heading}, {rounds} round{'s' * (rounds > 1)}")
+    print(f"\n{heading} a run, {rounds} round{'s' * (rounds > 1)}")
     print(
         f"{'run':<19}{'seconds':>9}{'tasks/s':>10}{'ratio':>8}{'CPU ms/task':>13}"
         f"{'peak MB':>9}  ratio by round"
@@ -249,6 +265,8 @@ def print_table(delay: float, workers: int, rows: list[Row]) -> None:
             f"{r.name:<19}{r.seconds:>9.2f}{r.rate:>10.1f}{row.ratio:>8.3f}"
             f"{r.cpu_ms:>13.2f}{r.peak_mb:>9.1f}  {by_round}"
         )
+    if rounds > 1:
+        print("(seconds, tasks/s and CPU: all rounds together; ratio: the median of the rounds')")
 
 
 async def main() -> None:
@@ -257,20 +275,32 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=64)
     parser.add_argument("--delays", default="0.5,0.05", help="server delays in seconds")
     parser.add_argument("--rounds", type=int, default=3, help="times each run is made")
+    parser.add_argument("--runs", default=",".join(RUNS), help="the runs to make, by short name")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    unknown = set(args.runs.split(",")) - set(RUNS)
+    if unknown:
+        parser.error(f"unknown runs {', '.join(sorted(unknown))}; known: {', '.join(RUNS)}")
+    chosen = {RUNS[name] for name in args.runs.split(",")} | {"baseline"}
     delays = [float(d) for d in args.delays.split(",")]
     first: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as folder:
         for delay in delays:
-            rows = await run_delay(delay, args.tasks, args.workers, args.rounds, Path(folder))
+            rows = await run_delay(
+                delay, args.tasks, args.workers, args.rounds, Path(folder), chosen
+            )
             print_table(delay, args.workers, rows)
             first = first or rows
-    _, _, three_nodes, memory, sqlite = first
-    print(f"\nlanggraph_3_nodes_ratio_vs_baseline: {three_nodes.ratio:.3f}")
-    print(f"in_memory_ratio_vs_baseline: {memory.ratio:.3f}")
-    print(f"throughput_ratio_vs_baseline: {sqlite.ratio:.3f}")
+    ratios = {row.name: row.ratio for row in first}
+    print()
+    for name, label in (
+        ("langgraph, 3 nodes", "langgraph_3_nodes_ratio_vs_baseline"),
+        ("runner, memory", "in_memory_ratio_vs_baseline"),
+        ("runner, sqlite", "throughput_ratio_vs_baseline"),
+    ):
+        if name in ratios:
+            print(f"{label}: {ratios[name]:.3f}")
 
 
 if __name__ == "__main__":

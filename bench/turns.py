@@ -97,8 +97,8 @@ async def main() -> dict[str, int]:
             ) as runner:
 
                 async def one(_: int) -> None:
-                    task = await runner.submit(Task(prompt=PROMPT, task_type=TaskType.EXPLANATION))
-                    await runner.wait(task.id)
+                    await runner.submit(Task(prompt=PROMPT, task_type=TaskType.EXPLANATION))
+                    await runner.join()  # its callbacks and the worker's bookkeeping too
 
                 counts[name] = await count_turns(one)
     return counts

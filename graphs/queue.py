@@ -55,10 +55,11 @@ class TaskQueue(ABC):
     @abstractmethod
     def save(self, task: Task) -> asyncio.Future[None]:
         """Start storing a task's new status, history and result; return a future done
-        once it is stored (it raises what the save failed with).
+        once it is stored, or failed (its error then), or cancelled (the event loop ended).
 
-        The save goes on when its caller stops waiting (cancelling the future does not take
-        it back).
+        A task the queue does not hold, or one that cannot be turned into a row, raises
+        here. The save goes on when its caller stops waiting (cancelling the future does
+        not take it back).
         """
 
     @abstractmethod
@@ -195,7 +196,7 @@ class SqlTaskQueue(TaskQueue):
         """Store the task; saves made at the same moment share one transaction."""
         self._unsaved[task.id] = task
         if self._flush is None:
-            self._flush = asyncio.ensure_future(self._save_unsaved())
+            self._flush = asyncio.get_running_loop().create_task(self._save_unsaved())
         return asyncio.shield(self._flush)  # one caller's cancellation stops no one's save
 
     async def _save_unsaved(self) -> None:
@@ -262,7 +263,8 @@ class SqliteTaskQueue(SqlTaskQueue):
 
         The file groups writes itself, so the save goes straight to it instead of first
         waiting a turn of the event loop to group the saves here (in order: a later save
-        of a task wins).
+        of a task wins). It is `_execute`'s write, without its coroutine: the future of
+        the commit is what the caller waits for.
         """
         return self.db.write(self._sql(_UPDATE), [_update_row(task)])
 

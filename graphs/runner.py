@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal, Self
 
 from langchain_core.runnables import RunnableConfig
@@ -479,7 +480,12 @@ class TaskRunner(Runner):
         base = base or live.task
         live.task = with_status(base, status, detail, was=live.task.status, **fields)
         assert self.queue is not None
-        await asyncio.shield(self.queue.save(live.task))
+        saving = self.queue.save(live.task)
+        try:
+            await asyncio.shield(saving)
+        except asyncio.CancelledError:  # the save goes on: say if it fails, nobody else will
+            saving.add_done_callback(partial(_report_failed_save, live.task))
+            raise
         self._notify(live.task)
 
     async def _finish(self, live: _Live, task: Task, detail: str | None) -> None:
@@ -588,6 +594,12 @@ def with_status(
     changed = {"from": (was or task.status).value, "to": status.value, **(data or {})}
     event = TaskEvent(kind="status", detail=detail, data=changed)
     return task.model_copy(update={"status": status, "history": [*task.history, event], **fields})
+
+
+def _report_failed_save(task: Task, saving: asyncio.Future[None]) -> None:
+    """Log the failure of a status save whose caller was cancelled while it waited."""
+    if not saving.cancelled() and (error := saving.exception()) is not None:
+        log.error("saving task %s as %s failed: %s", task.id, task.status.value, error)
 
 
 async def call_back(callback: TaskCallback, task: Task) -> None:

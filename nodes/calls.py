@@ -131,7 +131,7 @@ class _FirstToken(BaseCallbackHandler):
         self, serialized: dict[str, Any], messages: list[list[BaseMessage]], **kwargs: Any
     ) -> None:
         """Nothing to note. (Without this, LangChain falls back to `on_llm_start` and
-        turns every message into text for it first: about a tenth of a millisecond a call.)"""
+        first turns every message of the prompt into text for it, to no use.)"""
 
     def on_llm_new_token(self, token: Any, **kwargs: Any) -> None:
         if token:

@@ -687,6 +687,31 @@ async def test_a_status_save_costs_the_event_loop_no_task_of_its_own(
         assert stored[task.id].task.status is TaskStatus.RUNNING
 
 
+async def test_a_save_that_fails_after_its_task_was_cancelled_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="modelyard.runner")
+    async with make_runner() as runner:
+        assert runner.queue is not None
+        queue_save = runner.queue.save
+        running_saved: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def save(task: Task) -> asyncio.Future[None]:
+            # The save of `running` hangs, as on a slow disk; the others are saved at once.
+            return running_saved if task.status is RUNNING else queue_save(task)
+
+        runner.queue.save = save  # type: ignore[method-assign]
+        task = await runner.submit("cancel me while my status is saved")
+        await until(lambda: (live := runner._live.get(task.id)) is not None and bool(live.run))
+        await asyncio.sleep(0.01)  # the worker is waiting for the save of `running`
+        assert await runner.cancel(task.id)
+        assert (await runner.wait(task.id, timeout=5)).status is CANCELLED
+        running_saved.set_exception(OSError("disk full"))
+        await asyncio.sleep(0)  # its done callbacks run
+    failures = [r.getMessage() for r in caplog.records if "failed: disk full" in r.getMessage()]
+    assert failures == [f"saving task {task.id} as running failed: disk full"]
+
+
 # --- 7. resume from a checkpoint ----------------------------------------------------------
 
 
