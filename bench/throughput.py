@@ -20,8 +20,8 @@ rounds' ratios; its seconds, tasks/s and CPU milliseconds per task (this process
 server's CPU is not counted) are over all its rounds together, its peak memory (above the
 start of a run) the highest of its rounds'. `--runs` makes some of the runs only (by the
 short names baseline, graph1, graph3, memory, sqlite; the baseline always). The last lines
-give the ratios at the first delay; the very last, `throughput_ratio_vs_baseline: X`, the
-SQLite runner's (target: >= 0.9).
+give the ratios at the first delay; with the SQLite run made, the very last is
+`throughput_ratio_vs_baseline: X`, the SQLite runner's (target: >= 0.9).
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def print_table(delay: float, workers: int, rows: list[Row]) -> None:
             f"{r.cpu_ms:>13.2f}{r.peak_mb:>9.1f}  {by_round}"
         )
     if rounds > 1:
-        print("(seconds, tasks/s and CPU: all rounds together; ratio: the median of the rounds')")
+        print("(seconds, tasks/s, CPU: all rounds together; ratio: their median; peak: highest)")
 
 
 async def main() -> None:
@@ -279,10 +279,11 @@ async def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
-    unknown = set(args.runs.split(",")) - set(RUNS)
+    names = {name.strip() for name in args.runs.split(",") if name.strip()}
+    unknown = names - set(RUNS)
     if unknown:
         parser.error(f"unknown runs {', '.join(sorted(unknown))}; known: {', '.join(RUNS)}")
-    chosen = {RUNS[name] for name in args.runs.split(",")} | {"baseline"}
+    chosen = {RUNS[name] for name in names} | {"baseline"}
     delays = [float(d) for d in args.delays.split(",")]
     first: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as folder:

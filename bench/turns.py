@@ -98,7 +98,7 @@ async def main() -> dict[str, int]:
 
                 async def one(_: int) -> None:
                     await runner.submit(Task(prompt=PROMPT, task_type=TaskType.EXPLANATION))
-                    await runner.join()  # its callbacks and the worker's bookkeeping too
+                    await runner.join()  # its callbacks too: wait() returns before them
 
                 counts[name] = await count_turns(one)
     return counts

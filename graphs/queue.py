@@ -57,9 +57,9 @@ class TaskQueue(ABC):
         """Start storing a task's new status, history and result; return a future done
         once it is stored, or failed (its error then), or cancelled (the event loop ended).
 
-        A task the queue does not hold, or one that cannot be turned into a row, raises
-        here. The save goes on when its caller stops waiting (cancelling the future does
-        not take it back).
+        Some errors may raise here instead: the memory queue's for a task it does not hold,
+        SQLite's for a task that cannot be turned into a row. The save goes on when its
+        caller stops waiting (cancelling the future does not take it back).
         """
 
     @abstractmethod

@@ -599,7 +599,9 @@ def with_status(
 def _report_failed_save(task: Task, saving: asyncio.Future[None]) -> None:
     """Log the failure of a status save whose caller was cancelled while it waited."""
     if not saving.cancelled() and (error := saving.exception()) is not None:
-        log.error("saving task %s as %s failed: %s", task.id, task.status.value, error)
+        log.error(
+            "saving task %s as %s failed: %s", task.id, task.status.value, error, exc_info=error
+        )
 
 
 async def call_back(callback: TaskCallback, task: Task) -> None:

@@ -704,6 +704,7 @@ async def test_a_save_that_fails_after_its_task_was_cancelled_is_logged(
         task = await runner.submit("cancel me while my status is saved")
         await until(lambda: (live := runner._live.get(task.id)) is not None and bool(live.run))
         await asyncio.sleep(0.01)  # the worker is waiting for the save of `running`
+        assert not running_saved.done()
         assert await runner.cancel(task.id)
         assert (await runner.wait(task.id, timeout=5)).status is CANCELLED
         running_saved.set_exception(OSError("disk full"))
