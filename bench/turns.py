@@ -65,14 +65,13 @@ async def main() -> dict[str, int]:
     task_input = {"prompt": PROMPT, "task_type": "explanation"}
     counts: dict[str, int] = {}
 
-    def threaded(graph: Any, prefix: str) -> Callable[[int], Awaitable[Any]]:
+    def threaded(graph: Any, payload: dict[str, Any]) -> Callable[[int], Awaitable[Any]]:
+        """Return a run of `graph` on `payload`, a thread of its own each time."""
+
         def run(n: int) -> Awaitable[Any]:
-            config = {"configurable": {"thread_id": f"{prefix}{n}"}}
+            config = {"configurable": {"thread_id": f"t{n}"}}
             return graph.ainvoke(  # type: ignore[no-any-return]
-                {"prompt": PROMPT} if prefix == "bare" else task_input,
-                config,
-                context=context,
-                durability="sync",
+                payload, config, context=context, durability="sync"
             )
 
         return run
@@ -80,17 +79,18 @@ async def main() -> dict[str, int]:
     counts["model call alone"] = await count_turns(lambda _: model.ainvoke(messages))
     for nodes in (1, 3):
         name = f"langgraph, {nodes} node{'s' * (nodes > 1)}"
-        counts[name] = await count_turns(threaded(bare_graph(context.models(), nodes), "bare"))
+        bare = bare_graph(context.models(), nodes)
+        counts[name] = await count_turns(threaded(bare, {"prompt": PROMPT}))
     for name, post in (("route graph", True), ("route graph, no post-completion", False)):
         graph = build_route_graph(config, post_completions=post).compile(
             checkpointer=InMemorySaver(serde=checkpoint_serializer()), store=InMemoryStore()
         )
-        counts[name] = await count_turns(threaded(graph, "route"))
+        counts[name] = await count_turns(threaded(graph, task_input))
     with tempfile.TemporaryDirectory(prefix="modelyard-turns-") as folder:
         settings = PersistenceSettings(url=str(Path(folder) / "route.db"))
         async with open_checkpointer(settings) as saver, open_store(settings) as store:
             graph = build_route_graph(config).compile(checkpointer=saver, store=store)
-            counts["route graph, sqlite"] = await count_turns(threaded(graph, "route"))
+            counts["route graph, sqlite"] = await count_turns(threaded(graph, task_input))
         for name, url in (("runner, memory", "memory"), ("runner, sqlite", f"{folder}/q.db")):
             async with TaskRunner(
                 context=context, workers=1, persistence=url, check_models=False
